@@ -1,0 +1,68 @@
+"""wsclient: a resilient WebSocket client for long-running market-data feeds.
+
+A :class:`Client` connects, keeps the link alive with a heartbeat, notices dead links (a missed pong,
+a silent feed), reconnects with bounded exponential backoff, replays the application's subscriptions
+and delivers every inbound frame to the application's handlers without ever blocking the reader.
+"""
+
+from .client import Client, Connection, Subscription
+from .config import ClientConfig, Heartbeat, Reconnect
+from .errors import (
+    ClientClosedError,
+    ConfigError,
+    ConnectionLostError,
+    GaveUpError,
+    HandshakeFailed,
+    HandshakeRejected,
+    LinkDead,
+    OutboxFullError,
+    TransportClosed,
+    WSClientError,
+)
+from .events import (
+    ClientEvent,
+    ClientStats,
+    Closed,
+    Connected,
+    ConnectFailed,
+    Disconnected,
+    GaveUp,
+    HeartbeatMissed,
+    MessageDropped,
+    Reconnecting,
+)
+from .state import ConnectionState, IllegalTransitionError
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Client",
+    "ClientClosedError",
+    "ClientConfig",
+    "ClientEvent",
+    "ClientStats",
+    "Closed",
+    "ConfigError",
+    "ConnectFailed",
+    "Connected",
+    "Connection",
+    "ConnectionLostError",
+    "ConnectionState",
+    "Disconnected",
+    "GaveUp",
+    "GaveUpError",
+    "HandshakeFailed",
+    "HandshakeRejected",
+    "Heartbeat",
+    "HeartbeatMissed",
+    "IllegalTransitionError",
+    "LinkDead",
+    "MessageDropped",
+    "OutboxFullError",
+    "Reconnect",
+    "Reconnecting",
+    "Subscription",
+    "TransportClosed",
+    "WSClientError",
+    "__version__",
+]

@@ -1,0 +1,876 @@
+"""The :class:`Client` facade and the supervisor that keeps its connection alive.
+
+Shape of a client's life::
+
+    supervisor (one task, a loop)          dispatcher (one task, client lifetime)
+      connect ──────────────┐                 inbound deque → on_message callbacks
+      connection task group │
+        reader   ───────────┼── frames ──►  (batched hand-over: a wake-up only when idle)
+        pinger / watchdog   │
+        writer (outbox)     │
+        body: hooks → replay → flush → OPEN → wait
+      first failure cancels the group, aborts the socket, asks policy, sleeps the backoff, loops
+
+Every state change goes through :class:`~wsclient.state.StateMachine`; the policy, the backoff and the
+liveness rules are plain objects from :mod:`wsclient.policy` and :mod:`wsclient.heartbeat`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from pydantic_core import to_json
+
+from .config import ClientConfig, validate_url
+from .errors import (
+    ClientClosedError,
+    ConnectionLostError,
+    GaveUpError,
+    HandshakeRejected,
+    LinkDead,
+    OutboxFullError,
+    TransportClosed,
+)
+from .events import (
+    ClientEvent,
+    ClientStats,
+    Closed,
+    Connected,
+    ConnectFailed,
+    Disconnected,
+    GaveUp,
+    HeartbeatMissed,
+    MessageDropped,
+    Reconnecting,
+)
+from .heartbeat import Liveness, PongWatch, ping_payload, run_pinger, run_watchdog
+from .policy import Backoff, classify, describe
+from .redact import redact_url
+from .state import ConnectionState, Event, StateMachine
+from .transport import ConnectOptions, Connector, Transport, get_connector
+
+__all__ = ["Client", "Connection", "Subscription"]
+
+logger = logging.getLogger("wsclient")
+
+Data = str | bytes
+Outgoing = Any  # dict | list | pydantic model | str | bytes
+F = TypeVar("F", bound=Callable[..., Any])
+
+_S = ConnectionState
+_E = Event
+_client_ids = itertools.count(1)
+
+
+def encode(message: Outgoing) -> Data:
+    """Turn an outgoing message into a frame: str/bytes as they are, models and dicts as JSON text."""
+    if isinstance(message, str | bytes):
+        return message
+    dump_json = getattr(message, "model_dump_json", None)
+    if dump_json is not None:
+        text: str = dump_json()
+        return text
+    return to_json(message).decode()
+
+
+class _LinkDown(Exception):
+    """Raised inside a connection's task group: the link is gone, ``cause`` says why."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class Connection:
+    """The connection being opened, as seen by ``on_connect`` hooks.
+
+    :meth:`send` writes straight to this connection, ahead of the replayed subscriptions and the
+    outbox: that is where a login or auth message belongs.
+    """
+
+    __slots__ = ("_client", "_transport", "id", "reconnect", "subprotocol")
+
+    def __init__(self, client: Client, transport: Transport, conn_id: int, reconnect: bool) -> None:
+        self._client = client
+        self._transport = transport
+        self.id = conn_id
+        self.reconnect = reconnect
+        self.subprotocol = transport.subprotocol
+
+    async def send(self, message: Outgoing) -> None:
+        """Send ``message`` on this connection now."""
+        await self._client._send_on(self._transport, encode(message))
+
+    def __repr__(self) -> str:
+        return f"<Connection id={self.id} reconnect={self.reconnect}>"
+
+
+class Subscription:
+    """A remembered subscription, replayed in order after every reconnect.
+
+    ``cancel()`` stops the replay and, if an unsubscribe message was given and the client is open,
+    sends it.
+    """
+
+    __slots__ = ("_client", "active", "message", "unsubscribe")
+
+    def __init__(self, client: Client, message: Outgoing, unsubscribe: Outgoing | None) -> None:
+        self._client = client
+        self.message = message
+        self.unsubscribe = unsubscribe
+        self.active = True
+
+    async def cancel(self) -> None:
+        """Forget this subscription and send its unsubscribe message when connected. Idempotent."""
+        if not self.active:
+            return
+        self.active = False
+        self._client._subscriptions.remove(self)
+        if self.unsubscribe is not None and self._client.state is _S.OPEN:
+            await self._client.send(self.unsubscribe)
+
+    def __repr__(self) -> str:
+        return f"<Subscription active={self.active}>"
+
+
+class _Counters:
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "connect_failures",
+        "connects",
+        "dropped_in",
+        "dropped_out",
+        "handler_errors",
+        "heartbeat_misses",
+        "invalid_messages",
+        "messages_in",
+        "messages_out",
+        "unknown_messages",
+    )
+
+    def __init__(self) -> None:
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.connect_failures = 0
+        self.connects = 0
+        self.dropped_in = 0
+        self.dropped_out = 0
+        self.handler_errors = 0
+        self.heartbeat_misses = 0
+        self.invalid_messages = 0
+        self.messages_in = 0
+        self.messages_out = 0
+        self.unknown_messages = 0
+
+
+class Client:
+    """A WebSocket client that stays connected.
+
+    Create it with the URL and a :class:`~wsclient.ClientConfig`, register callbacks and
+    subscriptions, then ``async with client:`` (or ``await client.start()`` … ``await client.close()``).
+    The client connects in the background, keeps the link alive with its heartbeat, reconnects with
+    bounded backoff when the link dies, replays subscriptions, and delivers every inbound frame to
+    ``on_message`` callbacks from a dispatcher task that never blocks the reader.
+
+    ``headers`` are sent with every handshake; credentials in them and in the URL's query string never
+    appear in logs, reprs or events.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        config: ClientConfig | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._url = validate_url(url)
+        self._safe_url = redact_url(url)
+        self._config = config if config is not None else ClientConfig()
+        self._headers = dict(headers or {})
+        self._connector: Connector = get_connector(self._config.transport)
+        self._id = next(_client_ids)
+        self._log = logging.LoggerAdapter(logger, {"wsclient_client": self._id})
+        self._sm = StateMachine(listener=self._on_transition)
+        self._counters = _Counters()
+
+        self._message_callbacks: list[Callable[[Data], Any]] = []
+        self._event_callbacks: list[Callable[[ClientEvent], Any]] = []
+        self._error_callbacks: list[Callable[[object, BaseException], Any]] = []
+        self._connect_hooks: list[Callable[[Connection], Any]] = []
+        self._subscriptions: list[Subscription] = []
+
+        # Inbound: reader → deque → dispatcher. The dispatcher parks on a future only when the deque
+        # is empty, so a burst costs one wake-up, not one per frame.
+        self._inbox: deque[Data] = deque()
+        self._dispatch_waiter: asyncio.Future[None] | None = None
+        self._space_waiter: asyncio.Future[None] | None = None
+        self._inbox_limit = self._config.inbound_queue
+        self._inbox_low = max(0, self._inbox_limit // 2)
+
+        # Outbound while not OPEN (and behind a flush in progress): bounded, order-preserving.
+        self._outbox: deque[Data] = deque()
+        self._writer_waiter: asyncio.Future[None] | None = None
+        self._flushing = False
+
+        self._transport: Transport | None = None
+        self._liveness: Liveness | None = None
+        self._pong_watch: PongWatch | None = None
+        if self._config.heartbeat.mode == "message":
+            is_pong = self._config.heartbeat.is_pong
+            assert is_pong is not None
+            self._pong_watch = PongWatch(is_pong)
+        self._conn_ids = itertools.count(1)
+        self._conn_id = 0
+        self._opened_at: float | None = None
+        self._replay_done = False
+        self._last_inbound: float | None = None
+
+        self._supervisor: asyncio.Task[None] | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._close_task: asyncio.Task[None] | None = None
+        self._close_request: tuple[int, str] = (1000, "")
+        self._callback_tasks: set[asyncio.Task[Any]] = set()
+        self._state_changed: asyncio.Event | None = None
+        self._done: asyncio.Event | None = None
+        self._failure: GaveUpError | None = None
+
+    # ------------------------------------------------------------------ registration
+
+    def on_message(self, callback: Callable[[Data], Any]) -> Callable[[Data], Any]:
+        """Register ``callback(frame)`` for every inbound frame (str or bytes); sync or async.
+
+        Usable as a decorator. Callbacks run in arrival order on the dispatcher task; an async one is
+        awaited before the next frame, so keep slow work off it (the reader is never held up, but the
+        inbound queue fills).
+        """
+        self._message_callbacks.append(callback)
+        return callback
+
+    def on_event(self, callback: Callable[[ClientEvent], Any]) -> Callable[[ClientEvent], Any]:
+        """Register ``callback(event)`` for lifecycle events (see :mod:`wsclient.events`).
+
+        Sync callbacks run inline; async ones run as tasks that ``close()`` cancels.
+        """
+        self._event_callbacks.append(callback)
+        return callback
+
+    def on_error(
+        self, callback: Callable[[object, BaseException], Any]
+    ) -> Callable[[object, BaseException], Any]:
+        """Register ``callback(frame_or_message, exc)`` for handler errors and invalid frames."""
+        self._error_callbacks.append(callback)
+        return callback
+
+    def on_connect(self, hook: F) -> F:
+        """Register ``hook(connection)``, run on every (re)connect before subscriptions are replayed.
+
+        The hook may send on the new connection with ``await connection.send(...)`` (e.g. login).
+        A hook that raises fails the attempt, which is retried by the reconnect policy.
+        """
+        self._connect_hooks.append(hook)
+        return hook
+
+    def subscribe(self, message: Outgoing, unsubscribe: Outgoing | None = None) -> Subscription:
+        """Remember ``message`` and send it now (if open) and after every reconnect, in order."""
+        if self._sm.state.is_terminal or self._sm.state is _S.CLOSING:
+            raise ClientClosedError("subscribe() on a closed client")
+        sub = Subscription(self, message, unsubscribe)
+        self._subscriptions.append(sub)
+        if self._sm.state is _S.OPEN or self._replay_done:
+            # The current connection has replayed already: send it like any other message.
+            self._enqueue(encode(message))
+        return sub
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        """The active subscriptions, in replay order."""
+        return tuple(self._subscriptions)
+
+    # ------------------------------------------------------------------ public state
+
+    @property
+    def url(self) -> str:
+        """The URL with credentials masked."""
+        return self._safe_url
+
+    @property
+    def config(self) -> ClientConfig:
+        """The configuration this client was built with."""
+        return self._config
+
+    @property
+    def state(self) -> ConnectionState:
+        """The current :class:`~wsclient.ConnectionState`."""
+        return self._sm.state
+
+    @property
+    def stats(self) -> ClientStats:
+        """A snapshot of the counters."""
+        c = self._counters
+        last = self._last_inbound
+        return ClientStats(
+            connects=c.connects,
+            reconnects=max(0, c.connects - 1),
+            connect_failures=c.connect_failures,
+            messages_in=c.messages_in,
+            bytes_in=c.bytes_in,
+            messages_out=c.messages_out,
+            bytes_out=c.bytes_out,
+            last_rtt=self._liveness.last_rtt if self._liveness is not None else None,
+            seconds_since_last_inbound=None if last is None else time.monotonic() - last,
+            dropped_in=c.dropped_in,
+            dropped_out=c.dropped_out,
+            handler_errors=c.handler_errors,
+            invalid_messages=c.invalid_messages,
+            unknown_messages=c.unknown_messages,
+            heartbeat_misses=c.heartbeat_misses,
+            inbound_queued=len(self._inbox),
+            outbox_queued=len(self._outbox),
+        )
+
+    def __repr__(self) -> str:
+        return f"<Client #{self._id} {self._safe_url} state={self._sm.state.value}>"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start connecting in the background. Returns at once; see :meth:`wait_open`."""
+        if self._sm.state is not _S.IDLE:
+            raise ClientClosedError(f"start() on a client that is {self._sm.state.value}")
+        self._state_changed = asyncio.Event()
+        self._done = asyncio.Event()
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name=f"wsclient-dispatch-{self._id}")
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"wsclient-supervisor-{self._id}")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def wait_open(self, timeout: float | None = None) -> None:
+        """Wait until the client is ``OPEN``; raise the failure if it gives up, TimeoutError on timeout."""
+        async with asyncio.timeout(timeout):
+            await self._wait_state(lambda s: s is _S.OPEN)
+
+    async def wait_state(
+        self, predicate: Callable[[ConnectionState], bool], timeout: float | None = None
+    ) -> ConnectionState:
+        """Wait until ``predicate(state)`` holds; return that state. Raises TimeoutError on timeout."""
+        async with asyncio.timeout(timeout):
+            return await self._wait_state(predicate, raise_failure=False)
+
+    async def _wait_state(
+        self, predicate: Callable[[ConnectionState], bool], *, raise_failure: bool = True
+    ) -> ConnectionState:
+        if self._state_changed is None:
+            raise ClientClosedError("the client was not started")
+        while True:
+            state = self._sm.state
+            if predicate(state):
+                return state
+            if state.is_terminal:
+                if raise_failure and self._failure is not None:
+                    raise self._failure
+                raise ClientClosedError(f"the client is {state.value}")
+            self._state_changed.clear()
+            await self._state_changed.wait()
+
+    async def wait_closed(self) -> None:
+        """Wait until the client is closed; raise :class:`~wsclient.GaveUpError` if it failed."""
+        if self._done is None:
+            if self._sm.state is _S.CLOSED:
+                return
+            raise ClientClosedError("the client was not started")
+        await self._done.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close with a close frame (``code``, ``reason``) and stop every task. Idempotent.
+
+        Cancel-safe: cancelling the caller does not interrupt the shutdown, which is bounded by
+        ``close_timeout``. Closing a ``FAILED`` client is a no-op.
+        """
+        state = self._sm.state
+        if self._close_task is None:
+            if state is _S.FAILED and self._done is not None:
+                await self._done.wait()  # let the failed client finish its teardown
+                return
+            if state.is_terminal:
+                return
+            if state is _S.IDLE:
+                self._sm.handle(_E.CLOSE)
+                self._drop_outbox("client closed")
+                self._sm.handle(_E.CLOSED)
+                return
+            self._close_request = (code, reason)
+            self._close_task = asyncio.create_task(self._shutdown(), name=f"wsclient-close-{self._id}")
+        await asyncio.shield(self._close_task)
+
+    async def _shutdown(self) -> None:
+        if self._sm.state.is_terminal:  # the supervisor failed in the meantime
+            return
+        self._sm.handle(_E.CLOSE)
+        supervisor = self._supervisor
+        if supervisor is not None:
+            # The supervisor closes the live transport itself on cancellation (it owns it).
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
+        await self._teardown("client closed")
+        self._sm.handle(_E.CLOSED)
+        code, reason = self._close_request
+        self._emit(Closed(code, reason))
+        assert self._done is not None
+        self._done.set()
+
+    async def _teardown(self, why: str) -> None:
+        """Stop the dispatcher and callback tasks; report what was never sent."""
+        self._drop_outbox(why)
+        tasks = [t for t in (self._dispatcher, *self._callback_tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._callback_tasks.clear()
+        self._inbox.clear()
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(self, message: Outgoing) -> None:
+        """Send ``message`` (dict/list as JSON, pydantic model as JSON, str, bytes).
+
+        When the client is ``OPEN`` the frame goes straight to the socket. Otherwise it waits in the
+        outbox (bounded by ``outbox_size``; when full, ``outbox_overflow`` decides: raise
+        :class:`~wsclient.OutboxFullError`, or drop and report a :class:`~wsclient.MessageDropped`
+        event) and is flushed in order right after the next connection's subscription replay.
+
+        Raises :class:`~wsclient.ClientClosedError` after ``close()`` or once ``FAILED``, and
+        :class:`~wsclient.ConnectionLostError` if the link died while this very frame was being
+        written (it is then not re-sent).
+        """
+        state = self._sm.state
+        if state.is_terminal or state is _S.CLOSING:
+            raise ClientClosedError(f"send() on a client that is {state.value}")
+        data = encode(message)
+        transport = self._transport
+        if state is _S.OPEN and transport is not None and not self._outbox and not self._flushing:
+            await self._send_on(transport, data)
+        else:
+            self._enqueue(data)
+
+    async def _send_on(self, transport: Transport, data: Data) -> None:
+        try:
+            await transport.send(data)
+        except TransportClosed as exc:
+            raise ConnectionLostError(f"connection lost while sending: {describe(exc)}") from exc
+        c = self._counters
+        c.messages_out += 1
+        c.bytes_out += len(data)
+
+    def _enqueue(self, data: Data) -> None:
+        outbox = self._outbox
+        if len(outbox) >= self._config.outbox_size:
+            policy = self._config.outbox_overflow
+            if policy == "raise":
+                raise OutboxFullError(
+                    f"outbox full ({self._config.outbox_size} messages) while {self.state.value}: "
+                    "raise outbox_size or choose outbox_overflow='drop_oldest'"
+                )
+            if policy == "drop_newest":
+                self._dropped_out(data, "outbox full")
+                return
+            self._dropped_out(outbox.popleft(), "outbox full")
+        outbox.append(data)
+        waiter = self._writer_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _dropped_out(self, data: Data, reason: str) -> None:
+        self._counters.dropped_out += 1
+        self._emit(MessageDropped("out", reason, data))
+
+    def _drop_outbox(self, reason: str) -> None:
+        while self._outbox:
+            self._dropped_out(self._outbox.popleft(), reason)
+
+    async def _flush(self, transport: Transport) -> None:
+        """Send the outbox in order. A frame lost in flight is reported, the rest stay queued."""
+        outbox = self._outbox
+        self._flushing = True
+        try:
+            while outbox:
+                data = outbox.popleft()
+                try:
+                    await self._send_on(transport, data)
+                except ConnectionLostError as exc:
+                    self._dropped_out(data, "connection lost while sending")
+                    raise _LinkDown(exc.__cause__ or exc) from None
+        finally:
+            self._flushing = False
+
+    async def _writer(self, transport: Transport) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._outbox:
+                await self._flush(transport)
+                continue
+            self._writer_waiter = loop.create_future()
+            try:
+                await self._writer_waiter
+            finally:
+                self._writer_waiter = None
+
+    # ------------------------------------------------------------------ inbound hot path
+
+    def _on_frame(self, data: Data) -> Awaitable[None] | None:
+        """Reader → dispatcher hand-over; runs once per inbound frame."""
+        now = time.monotonic()
+        self._last_inbound = now
+        liveness = self._liveness
+        if liveness is not None:
+            liveness.last_inbound = now
+            liveness.frames_in += 1
+        c = self._counters
+        c.messages_in += 1
+        c.bytes_in += len(data)
+        watch = self._pong_watch
+        if watch is not None and watch.waiting and watch.check(data):
+            return None
+        inbox = self._inbox
+        inbox.append(data)
+        waiter = self._dispatch_waiter
+        if waiter is not None:
+            self._dispatch_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        if len(inbox) >= self._inbox_limit:
+            return self._inbox_full()
+        return None
+
+    def _inbox_full(self) -> Awaitable[None] | None:
+        policy = self._config.inbound_overflow
+        if policy == "block":
+            if self._liveness is not None:
+                self._liveness.blocked = True
+            self._space_waiter = asyncio.get_running_loop().create_future()
+            return self._space_waiter
+        dropped = self._inbox.popleft() if policy == "drop_oldest" else self._inbox.pop()
+        self._counters.dropped_in += 1
+        self._emit(MessageDropped("in", "inbound queue full", dropped))
+        return None
+
+    def _space_available(self) -> None:
+        waiter = self._space_waiter
+        self._space_waiter = None
+        liveness = self._liveness
+        if liveness is not None:
+            liveness.blocked = False
+            # Time spent held back by our own queue is not silence on the link.
+            liveness.last_inbound = time.monotonic()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _dispatch_loop(self) -> None:
+        inbox = self._inbox
+        loop = asyncio.get_running_loop()
+        callbacks = self._message_callbacks
+        while True:
+            if not inbox:
+                waiter = self._dispatch_waiter = loop.create_future()
+                await waiter
+                continue
+            data = inbox.popleft()
+            if self._space_waiter is not None and len(inbox) <= self._inbox_low:
+                self._space_available()
+            for callback in callbacks:
+                try:
+                    result = callback(data)
+                    if result is not None and inspect.isawaitable(result):
+                        await result
+                except Exception as exc:
+                    self._handler_error(data, exc)
+
+    def _handler_error(self, item: object, exc: BaseException) -> None:
+        self._counters.handler_errors += 1
+        self._log.error("handler raised %s: %s", type(exc).__name__, exc, exc_info=exc)
+        self._report_error(item, exc)
+
+    def _report_error(self, item: object, exc: BaseException) -> None:
+        for callback in self._error_callbacks:
+            try:
+                self._run_callback(callback(item, exc))
+            except Exception:
+                self._log.exception("on_error callback raised")
+
+    # ------------------------------------------------------------------ events
+
+    def _emit(self, event: ClientEvent) -> None:
+        for callback in self._event_callbacks:
+            try:
+                self._run_callback(callback(event))
+            except Exception as exc:
+                self._log.exception("on_event callback raised")
+                self._report_error(event, exc)
+
+    def _run_callback(self, result: object) -> None:
+        if result is not None and inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._callback_tasks.add(task)
+            task.add_done_callback(self._callback_done)
+
+    def _callback_done(self, task: asyncio.Task[Any]) -> None:
+        self._callback_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error("async callback raised", exc_info=task.exception())
+
+    def _on_transition(self, old: ConnectionState, event: Event, new: ConnectionState) -> None:
+        self._log.debug("state %s --%s--> %s", old.value, event.value, new.value)
+        if self._state_changed is not None:
+            self._state_changed.set()
+
+    # ------------------------------------------------------------------ supervisor
+
+    def _connect_options(self) -> ConnectOptions:
+        cfg = self._config
+        return ConnectOptions(
+            url=self._url,
+            headers=self._headers,
+            subprotocols=cfg.subprotocols,
+            ssl_context=cfg.ssl_context,
+            open_timeout=cfg.open_timeout,
+            close_timeout=cfg.close_timeout,
+            max_size=cfg.max_size,
+            compression=cfg.compression,
+            user_agent=cfg.user_agent,
+        )
+
+    async def _supervise(self) -> None:
+        """Connect, run, judge, wait, repeat: a loop, never recursion."""
+        backoff = Backoff(self._config.reconnect)
+        options = self._connect_options()
+        sm = self._sm
+        try:
+            while True:
+                sm.handle(_E.START if sm.state is _S.IDLE else _E.RETRY)
+                conn_id = self._conn_id = next(self._conn_ids)
+                opened_at: float | None = None
+                try:
+                    transport = await self._connector(options)
+                except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:
+                    cause: BaseException = exc
+                    self._counters.connect_failures += 1
+                else:
+                    self._transport = transport
+                    try:
+                        cause = await self._run_connection(transport, conn_id)
+                        opened_at = self._opened_at
+                    except asyncio.CancelledError:
+                        await self._close_transport(transport)
+                        raise
+                    finally:
+                        transport.abort()
+                        self._transport = None
+                        self._liveness = None
+
+                verdict = classify(cause, self._config.reconnect)
+                if opened_at is not None and time.monotonic() - opened_at >= (
+                    self._config.reconnect.reset_after
+                ):
+                    backoff.reset()
+                delay = backoff.next_delay(verdict.retry_after) if verdict.retry else None
+                will_retry = delay is not None
+                if opened_at is not None:
+                    code = cause.code if isinstance(cause, TransportClosed) else None
+                    self._log.warning(
+                        "connection %d lost: %s; %s",
+                        conn_id,
+                        verdict.reason,
+                        f"retrying in {delay:.3f}s" if delay is not None else "giving up",
+                    )
+                    self._emit(Disconnected(conn_id, code, verdict.reason, will_retry, delay))
+                else:
+                    status = cause.status if isinstance(cause, HandshakeRejected) else None
+                    self._log.warning(
+                        "connect attempt %d to %s failed: %s; %s",
+                        backoff.failures,
+                        self._safe_url,
+                        verdict.reason,
+                        f"retrying in {delay:.3f}s" if delay is not None else "giving up",
+                    )
+                    self._emit(ConnectFailed(backoff.failures, verdict.reason, status, will_retry, delay))
+                if delay is None:
+                    self._fail(cause, backoff.failures, fatal=not verdict.retry)
+                    return
+                sm.handle(_E.CONNECTION_LOST if opened_at is not None else _E.CONNECT_FAILED)
+                self._emit(Reconnecting(backoff.failures + 1, delay))
+                await asyncio.sleep(delay)
+        finally:
+            self._transport = None
+
+    def _fail(self, cause: BaseException, attempts: int, *, fatal: bool) -> None:
+        self._failure = GaveUpError(cause, attempts, fatal=fatal)
+        self._sm.handle(_E.GIVE_UP)
+        self._log.error("%s", self._failure)
+        self._emit(GaveUp(attempts, describe(cause), fatal))
+        # Nothing will ever send these; say so rather than let them vanish.
+        self._drop_outbox("client failed")
+        task = asyncio.get_running_loop().create_task(self._finish_failed())
+        self._callback_tasks.add(task)
+
+    async def _finish_failed(self) -> None:
+        current = asyncio.current_task()
+        if current is not None:
+            self._callback_tasks.discard(current)
+        await self._teardown("client failed")
+        assert self._done is not None
+        self._done.set()
+
+    async def _close_transport(self, transport: Transport) -> None:
+        """Polite close on client request, bounded by ``close_timeout``; abort follows regardless."""
+        code, reason = self._close_request
+        try:
+            async with asyncio.timeout(self._config.close_timeout):
+                await transport.close(code, reason)
+        except Exception as exc:
+            self._log.debug("close handshake did not complete: %s", describe(exc))
+
+    async def _run_connection(self, transport: Transport, conn_id: int) -> BaseException:
+        """Run one connection until it dies; return the cause of death."""
+        self._opened_at = None
+        self._replay_done = False
+        cause: BaseException | None = None
+        now = time.monotonic()
+        liveness = self._liveness = Liveness(self._config.heartbeat, now)
+        hb = self._config.heartbeat
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._reader(transport), name=f"wsclient-reader-{conn_id}")
+                if hb.mode != "off":
+                    group.create_task(
+                        self._pinger(transport, liveness, conn_id), name=f"wsclient-ping-{conn_id}"
+                    )
+                if hb.receive_timeout is not None:
+                    group.create_task(self._watchdog(liveness, conn_id), name=f"wsclient-watchdog-{conn_id}")
+                await self._open(transport, conn_id)
+                group.create_task(self._writer(transport), name=f"wsclient-writer-{conn_id}")
+                await asyncio.get_running_loop().create_future()  # until a task fails
+        except* _LinkDown as group_exc:
+            first = group_exc.exceptions[0]
+            assert isinstance(first, _LinkDown)
+            cause = first.cause
+        except* Exception as group_exc:
+            # A bug in wsclient must end in a reconnect the logs explain, never in a dead supervisor.
+            cause = group_exc.exceptions[0]
+            self._log.error("connection %d task failed", conn_id, exc_info=cause)
+        finally:
+            self._replay_done = False
+        assert cause is not None, "a connection task group ended without a cause"
+        return cause
+
+    async def _open(self, transport: Transport, conn_id: int) -> None:
+        """Hooks → subscription replay → outbox flush → OPEN."""
+        reconnect = self._counters.connects > 0
+        connection = Connection(self, transport, conn_id, reconnect)
+        try:
+            if self._connect_hooks:
+                async with asyncio.timeout(self._config.open_timeout):
+                    for hook in self._connect_hooks:
+                        result = hook(connection)
+                        if inspect.isawaitable(result):
+                            await result
+            await self._replay(transport)
+        except ConnectionLostError as exc:
+            raise _LinkDown(exc.__cause__ or exc) from None
+        except Exception as exc:
+            self._report_error(connection, exc)
+            raise _LinkDown(exc) from None
+        await self._flush(transport)
+        self._sm.handle(_E.CONNECTED)
+        self._opened_at = time.monotonic()
+        self._counters.connects += 1
+        self._log.info("connection %d open to %s", conn_id, self._safe_url)
+        self._emit(Connected(conn_id, self._safe_url, transport.subprotocol, reconnect))
+
+    async def _replay(self, transport: Transport) -> None:
+        """Send every active subscription in order, including ones added while replaying."""
+        pause = self._config.replay_interval
+        sent: set[int] = set()
+        while True:
+            pending = [s for s in self._subscriptions if id(s) not in sent]
+            if not pending:
+                break
+            for sub in pending:
+                sent.add(id(sub))
+                if not sub.active:
+                    continue
+                if pause and len(sent) > 1:
+                    await asyncio.sleep(pause)
+                await self._send_on(transport, encode(sub.message))
+        self._replay_done = True
+
+    async def _reader(self, transport: Transport) -> None:
+        try:
+            await transport.pump(self._on_frame)
+        except TransportClosed as exc:
+            raise _LinkDown(exc) from None
+        except Exception as exc:  # a backend bug must still end in a reconnect, not a hang
+            raise _LinkDown(exc) from None
+
+    async def _pinger(self, transport: Transport, liveness: Liveness, conn_id: int) -> None:
+        hb = self._config.heartbeat
+        watch = self._pong_watch
+
+        if watch is not None:
+            ping_frame = encode(hb.message)
+
+            async def send_ping() -> Awaitable[float]:
+                assert watch is not None
+                future = watch.arm()
+                await transport.send(ping_frame)
+                return future
+        else:
+
+            async def send_ping() -> Awaitable[float]:
+                return await transport.ping(ping_payload())
+
+        try:
+            await run_pinger(
+                liveness,
+                send_ping,
+                transport.write_buffer_size,
+                lambda waited, fatal: self._missed(conn_id, "pong", waited, fatal),
+            )
+        except (LinkDead, TransportClosed) as exc:
+            raise _LinkDown(exc) from None
+        finally:
+            if watch is not None:
+                watch.disarm()
+
+    async def _watchdog(self, liveness: Liveness, conn_id: int) -> None:
+        try:
+            await run_watchdog(
+                liveness, lambda waited, fatal: self._missed(conn_id, "silence", waited, fatal)
+            )
+        except LinkDead as exc:
+            raise _LinkDown(exc) from None
+
+    def _missed(self, conn_id: int, kind: str, waited: float, fatal: bool) -> None:
+        self._counters.heartbeat_misses += 1
+        self._emit(HeartbeatMissed(conn_id, kind, waited, fatal))

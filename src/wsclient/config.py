@@ -1,0 +1,181 @@
+"""Configuration models.
+
+All three models are frozen pydantic models: every constraint is checked when the object is built, and
+a bad value fails there with a message naming the field and what to change, never later on a live
+connection.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from typing import Any, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .errors import ConfigError
+
+__all__ = ["ClientConfig", "Heartbeat", "Reconnect", "validate_url"]
+
+Data = str | bytes
+
+DEFAULT_FATAL_CLOSE_CODES: frozenset[int] = frozenset({1002, 1003, 1007, 1008, 1010})
+DEFAULT_FATAL_STATUSES: frozenset[int] = frozenset({401, 403, 404})
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+class Heartbeat(BaseModel):
+    """How the client proves the link is alive, and how fast it notices that it is not.
+
+    * ``mode="protocol"`` sends RFC 6455 pings with a random payload and waits for the matching pong.
+    * ``mode="message"`` sends ``message`` (an application ping such as ``{"op": "ping"}`` or the text
+      ``"ping"``) and recognises the reply with ``is_pong``; matched replies are not dispatched.
+    * ``mode="off"`` sends nothing (``receive_timeout`` still applies).
+
+    A ping unanswered within ``timeout`` declares the link dead, unless inbound frames arrived or the
+    outbound buffer drained meanwhile (the link is visibly working, only slowly) or the client's own
+    inbound queue is full (the client is the bottleneck, not the link).
+    """
+
+    model_config = _FROZEN
+
+    mode: Literal["protocol", "message", "off"] = "protocol"
+    interval: float = Field(15.0, gt=0, description="Seconds between pings.")
+    timeout: float = Field(10.0, gt=0, description="Seconds to wait for the pong.")
+    server_idle_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Idle timeout of the server or proxy (nginx proxy_read_timeout: 60 s); "
+        "the interval must stay below it.",
+    )
+    receive_timeout: float | None = Field(
+        None, gt=0, description="A feed silent for this long is dead, even if pongs still arrive."
+    )
+    when: Literal["always", "idle"] = Field(
+        "always",
+        description='"always": ping every interval; "idle": only after interval seconds '
+        "without an inbound frame (inbound traffic counts as liveness).",
+    )
+    message: str | bytes | dict[str, Any] | None = Field(
+        None, description='Application ping payload for mode="message".'
+    )
+    is_pong: Callable[[Data], bool] | None = Field(
+        None, description='Predicate recognising the application pong for mode="message".'
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.server_idle_timeout is not None and self.interval >= self.server_idle_timeout:
+            raise ValueError(
+                f"heartbeat.interval ({self.interval}s) must be below server_idle_timeout "
+                f"({self.server_idle_timeout}s), or the server/proxy cuts the idle link before the "
+                f"first ping: lower interval (e.g. to {self.server_idle_timeout / 2:g})"
+            )
+        if self.mode == "message" and (self.message is None or self.is_pong is None):
+            raise ValueError(
+                'heartbeat mode="message" needs both message= (the ping payload) and is_pong= '
+                "(a predicate recognising the reply)"
+            )
+        return self
+
+
+class Reconnect(BaseModel):
+    """Reconnect policy: exponential backoff with jitter, bounded in attempts and/or time.
+
+    The delay before retry *n* is ``min(max_delay, initial_delay * multiplier**(n-1) + U(0, jitter))``,
+    at least the server's ``Retry-After``. The count of consecutive failed attempts only resets after
+    a connection stayed open ``reset_after`` seconds, so a server that accepts and drops at once sees
+    growing delays, never a tight loop.
+    """
+
+    model_config = _FROZEN
+
+    initial_delay: float = Field(0.5, gt=0, description="First backoff delay in seconds.")
+    max_delay: float = Field(30.0, gt=0, description="Cap on a backoff delay in seconds.")
+    multiplier: float = Field(2.0, ge=1, description="Growth factor between delays.")
+    jitter: float = Field(0.25, ge=0, description="Up to this many random seconds added.")
+    max_attempts: int | None = Field(
+        None, ge=1, description="Consecutive failed attempts before giving up; None: no limit."
+    )
+    max_elapsed: float | None = Field(
+        None, gt=0, description="Seconds of consecutive failures before giving up; None: no limit."
+    )
+    reset_after: float = Field(
+        10.0, ge=0, description="Seconds a connection must stay open to reset the attempt count."
+    )
+    fatal_close_codes: frozenset[int] = Field(
+        DEFAULT_FATAL_CLOSE_CODES, description="Server close codes that stop reconnecting."
+    )
+    fatal_statuses: frozenset[int] = Field(
+        DEFAULT_FATAL_STATUSES, description="Handshake HTTP statuses that stop reconnecting."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.initial_delay > self.max_delay:
+            raise ValueError(
+                f"reconnect.initial_delay ({self.initial_delay}s) is above max_delay "
+                f"({self.max_delay}s): raise max_delay or lower initial_delay"
+            )
+        return self
+
+
+class ClientConfig(BaseModel):
+    """Everything about a :class:`~wsclient.Client` but its URL and headers."""
+
+    model_config = _FROZEN
+
+    heartbeat: Heartbeat = Field(default_factory=Heartbeat)
+    reconnect: Reconnect = Field(default_factory=Reconnect)
+    open_timeout: float = Field(
+        10.0, gt=0, description="Bound on TCP + TLS + WebSocket handshake, and on on_connect hooks."
+    )
+    close_timeout: float = Field(
+        2.0, gt=0, description="Bound on the close handshake before the socket is aborted."
+    )
+    max_size: int | None = Field(
+        2**20, gt=0, description="Largest inbound message in bytes; larger closes with 1009."
+    )
+    compression: Literal["deflate"] | None = Field(
+        None, description='permessage-deflate: "deflate" or None (off; saves ~33 KiB per link).'
+    )
+    subprotocols: tuple[str, ...] = ()
+    user_agent: str | None = Field(None, description="User-Agent header; None: the library's.")
+    ssl_context: ssl.SSLContext | None = Field(
+        None, description="TLS settings for wss://; default: system trust store, verification on."
+    )
+    inbound_queue: int = Field(
+        10_000, ge=1, description="Frames buffered between the reader and the handlers."
+    )
+    inbound_overflow: Literal["block", "drop_oldest", "drop_newest"] = Field(
+        "block",
+        description='When the inbound queue is full: "block" stops reading (lossless, the '
+        "dead-link verdict is suspended meanwhile) or drop and count.",
+    )
+    outbox_size: int = Field(1_000, ge=1, description="Sends queued while not connected.")
+    outbox_overflow: Literal["raise", "drop_oldest", "drop_newest"] = "raise"
+    replay_interval: float = Field(
+        0.0, ge=0, description="Pause between replayed subscriptions, for venues' rate limits."
+    )
+    discriminator: str = Field("type", min_length=1, description="Tag field of typed messages.")
+    transport: Literal["websockets"] = Field("websockets", description="Transport backend.")
+
+
+def validate_url(url: str) -> str:
+    """Check that ``url`` is an absolute ``ws://`` or ``wss://`` URL; raise :class:`ConfigError`."""
+    if not isinstance(url, str):
+        raise ConfigError(f"url must be a string such as 'wss://host/path', got {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"url is malformed ({exc}): use 'wss://host[:port]/path'") from None
+    if parts.scheme not in ("ws", "wss"):
+        fix = "wss" if parts.scheme == "https" else "ws" if parts.scheme == "http" else "ws(s)"
+        raise ConfigError(f"url scheme must be ws or wss, got {parts.scheme or 'none'!r}: write {fix}://…")
+    if not parts.hostname:
+        raise ConfigError("url has no host: write ws(s)://host[:port]/path")
+    del port
+    return url

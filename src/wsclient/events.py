@@ -1,0 +1,153 @@
+"""Typed lifecycle events and the statistics snapshot.
+
+Events are small frozen dataclasses delivered to ``client.on_event`` callbacks; match on their type::
+
+    @client.on_event
+    def watch(event: wsclient.ClientEvent) -> None:
+        match event:
+            case wsclient.Disconnected(code=code, will_retry=True, delay=delay):
+                pause_trading()
+            case wsclient.Connected():
+                resume_trading()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ClientEvent",
+    "ClientStats",
+    "Closed",
+    "ConnectFailed",
+    "Connected",
+    "Disconnected",
+    "GaveUp",
+    "HeartbeatMissed",
+    "MessageDropped",
+    "Reconnecting",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """A connection is open and ready: hooks ran, subscriptions were replayed, the outbox flushed."""
+
+    connection_id: int
+    url: str
+    """The URL with credentials masked."""
+    subprotocol: str | None
+    reconnect: bool
+    """False for the first connection of this client."""
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """An open connection was lost (never sent for ``close()``: see :class:`Closed`)."""
+
+    connection_id: int
+    code: int | None
+    """The close code (1006 for a drop without a close frame); None for a dead-link verdict."""
+    reason: str
+    will_retry: bool
+    delay: float | None
+    """Seconds until the next attempt, when ``will_retry``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectFailed:
+    """An attempt to connect failed before the connection was open."""
+
+    attempt: int
+    reason: str
+    status: int | None
+    """The HTTP status of a rejected handshake."""
+    will_retry: bool
+    delay: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnecting:
+    """The client waits ``delay`` seconds, then makes attempt number ``attempt``."""
+
+    attempt: int
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatMissed:
+    """A pong did not come in time (``kind="pong"``), or the feed was silent (``kind="silence"``).
+
+    ``fatal`` is False when the miss was forgiven because the link visibly made progress.
+    """
+
+    connection_id: int
+    kind: str
+    waited: float
+    fatal: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GaveUp:
+    """The client stopped reconnecting and is now ``FAILED``."""
+
+    attempts: int
+    reason: str
+    fatal: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """``close()`` finished: the client is ``CLOSED``."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDropped:
+    """A message was not delivered; ``direction`` is ``"out"`` (a send) or ``"in"`` (a frame)."""
+
+    direction: str
+    reason: str
+    data: str | bytes
+
+
+ClientEvent = (
+    Connected
+    | Disconnected
+    | ConnectFailed
+    | Reconnecting
+    | HeartbeatMissed
+    | GaveUp
+    | Closed
+    | MessageDropped
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """A snapshot of a client's counters (``client.stats``)."""
+
+    connects: int
+    """Successful connections, the first included."""
+    reconnects: int
+    """Successful connections after the first."""
+    connect_failures: int
+    messages_in: int
+    bytes_in: int
+    messages_out: int
+    bytes_out: int
+    last_rtt: float | None
+    """Round-trip time of the last answered ping, in seconds."""
+    seconds_since_last_inbound: float | None
+    dropped_in: int
+    """Inbound frames dropped by the overflow policy."""
+    dropped_out: int
+    """Sends dropped by the outbox policy, by a lost connection, or by close()."""
+    handler_errors: int
+    invalid_messages: int
+    unknown_messages: int
+    heartbeat_misses: int
+    inbound_queued: int
+    outbox_queued: int

@@ -1,0 +1,130 @@
+"""What a failure means, and how long to wait before the next attempt.
+
+``classify`` maps a failure to a :class:`Verdict` (retry or give up, and any server-imposed delay);
+:class:`Backoff` turns consecutive failures into delays with tenacity's wait and stop strategies.
+Both are plain objects with no I/O, so the supervisor stays a thin loop around them.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from dataclasses import dataclass
+
+from tenacity import RetryCallState, stop_after_attempt, stop_after_delay, stop_any, stop_never
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base, wait_exponential, wait_random
+
+from .config import Reconnect
+from .errors import (
+    ConfigError,
+    HandshakeFailed,
+    HandshakeRejected,
+    LinkDead,
+    TransportClosed,
+)
+
+__all__ = ["Backoff", "Verdict", "classify", "describe"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The policy's answer for one failure."""
+
+    retry: bool
+    reason: str
+    retry_after: float | None = None
+    close_code: int | None = None
+    status: int | None = None
+
+
+def classify(cause: BaseException, policy: Reconnect) -> Verdict:
+    """Decide whether ``cause`` is worth another attempt.
+
+    Fatal: configuration errors, TLS verification failures, handshake statuses in
+    ``policy.fatal_statuses`` (401/403/404 by default) and close codes in ``policy.fatal_close_codes``
+    (1002/1003/1007/1008/1010 by default). Everything else is retried: refused or reset connections,
+    timeouts, dead links, other close codes (a server's 1000 included, since the application did not
+    ask to close), 5xx and malformed handshakes. ``Retry-After`` on a rejection is carried along.
+    """
+    reason = describe(cause)
+    if isinstance(cause, TransportClosed):
+        return Verdict(retry=cause.code not in policy.fatal_close_codes, reason=reason, close_code=cause.code)
+    if isinstance(cause, HandshakeRejected):
+        return Verdict(
+            retry=cause.status not in policy.fatal_statuses,
+            reason=reason,
+            retry_after=cause.retry_after,
+            status=cause.status,
+        )
+    if isinstance(cause, ssl.SSLCertVerificationError | ConfigError):
+        return Verdict(retry=False, reason=reason)
+    if isinstance(cause, LinkDead | HandshakeFailed | OSError | TimeoutError | EOFError):
+        return Verdict(retry=True, reason=reason)
+    # An unexpected error (an on_connect hook raising, say) is retried: giving up would leave a feed
+    # dead for a transient bug, and the error hook has already been told.
+    return Verdict(retry=True, reason=reason)
+
+
+def describe(cause: BaseException) -> str:
+    """A one-line, user-facing description of a failure."""
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {cause.verify_message or cause}"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, TimeoutError):
+        return f"timed out{': ' + str(cause) if str(cause) else ''}"
+    text = str(cause)
+    return text if text else type(cause).__name__
+
+
+class Backoff:
+    """Consecutive-failure bookkeeping on top of tenacity strategies.
+
+    ``next_delay()`` is called once per failure; it returns the delay before the next attempt, or
+    ``None`` when the stop strategy says to give up. ``reset()`` starts a new series (after a
+    connection that stayed up long enough).
+    """
+
+    def __init__(self, policy: Reconnect) -> None:
+        self._policy = policy
+        self._wait: wait_base = wait_exponential(
+            multiplier=policy.initial_delay, exp_base=policy.multiplier, max=policy.max_delay
+        ) + wait_random(0, policy.jitter)
+        stops: list[stop_base] = []
+        if policy.max_attempts is not None:
+            stops.append(stop_after_attempt(policy.max_attempts))
+        if policy.max_elapsed is not None:
+            stops.append(stop_after_delay(policy.max_elapsed))
+        self._stop: stop_base = stop_any(*stops) if stops else stop_never
+        self._state = self._new_state()
+        self._failures = 0
+
+    @staticmethod
+    def _new_state() -> RetryCallState:
+        # tenacity's strategies read only attempt_number, start_time and outcome_timestamp.
+        return RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failures in the current series."""
+        return self._failures
+
+    def reset(self) -> None:
+        """Forget past failures: the next one is attempt 1 again."""
+        self._state = self._new_state()
+        self._failures = 0
+
+    def next_delay(self, retry_after: float | None = None) -> float | None:
+        """Record one failure; return the delay before the next attempt, or None to give up."""
+        self._failures += 1
+        state = self._state
+        state.attempt_number = self._failures
+        state.outcome_timestamp = time.monotonic()
+        if self._stop(state):
+            return None
+        delay = min(self._policy.max_delay, self._wait(state))
+        if retry_after is not None:
+            # The server's word wins over our cap: retrying earlier only earns another 429.
+            delay = max(delay, retry_after)
+        return delay

@@ -1,0 +1,20 @@
+"""Transport backends: a thin interface over a WebSocket library.
+
+The supervisor only ever sees :class:`~wsclient.transport.base.Transport`; choosing a backend is a
+matter of :func:`get_connector` and the ``ClientConfig.transport`` field.
+"""
+
+from __future__ import annotations
+
+from .base import ConnectOptions, Connector, FrameSink, Transport
+
+__all__ = ["ConnectOptions", "Connector", "FrameSink", "Transport", "get_connector"]
+
+
+def get_connector(name: str) -> Connector:
+    """Return the connect function of the backend called ``name``."""
+    if name == "websockets":
+        from .websockets import connect
+
+        return connect
+    raise ValueError(f"unknown transport {name!r}")

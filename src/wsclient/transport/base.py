@@ -1,0 +1,73 @@
+"""The transport interface the supervisor is written against.
+
+A backend provides a :data:`Connector` (open a connection or raise) and a :class:`Transport` (one
+open WebSocket). Backends normalise their library's errors into wsclient's:
+
+* a rejected upgrade raises :class:`~wsclient.errors.HandshakeRejected` with status and headers;
+* a malformed handshake raises :class:`~wsclient.errors.HandshakeFailed`;
+* a closed connection raises :class:`~wsclient.errors.TransportClosed` with the close code;
+* ``OSError``, ``ssl.SSLError`` and ``TimeoutError`` pass through as they are.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn, Protocol
+
+__all__ = ["ConnectOptions", "Connector", "Data", "FrameSink", "Transport"]
+
+Data = str | bytes
+
+#: Called by :meth:`Transport.pump` for every inbound message, in order. It returns ``None`` to keep
+#: reading, or an awaitable the pump must wait on before reading more (the inbound queue is full).
+FrameSink = Callable[[Data], Awaitable[None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectOptions:
+    """What a backend needs to open one connection."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    subprotocols: Sequence[str] = ()
+    ssl_context: ssl.SSLContext | None = None
+    open_timeout: float = 10.0
+    close_timeout: float = 2.0
+    max_size: int | None = 2**20
+    compression: str | None = None
+    user_agent: str | None = None
+
+
+class Transport(Protocol):
+    """One open WebSocket connection."""
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The negotiated subprotocol, if any."""
+
+    async def pump(self, sink: FrameSink) -> NoReturn:
+        """Read whole messages forever and hand each to ``sink``; raise TransportClosed at the end.
+
+        The pump owns the receive loop so that a backend can deliver frames with no per-message
+        coroutine switch of its own (the hot path).
+        """
+
+    async def send(self, data: Data) -> None:
+        """Send one message: ``str`` as a text frame, ``bytes`` as a binary frame."""
+
+    async def ping(self, payload: bytes) -> Awaitable[float]:
+        """Send a protocol ping; return an awaitable resolving to the round-trip time in seconds."""
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Run the close handshake (the caller bounds it in time)."""
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once, without a close handshake. Idempotent."""
+
+    def write_buffer_size(self) -> int:
+        """Bytes written but not yet handed to the kernel: shrinking means the link makes progress."""
+
+
+Connector = Callable[[ConnectOptions], Awaitable[Transport]]

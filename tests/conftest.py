@@ -1,0 +1,128 @@
+"""Shared fixtures: a small, scriptable `websockets` server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+Handler = Callable[["TestServer", ServerConnection], Awaitable[None]]
+
+
+async def echo_handler(server: TestServer, ws: ServerConnection) -> None:
+    async for message in ws:
+        server.received.append(message)
+        server.changed()
+        await ws.send(message)
+
+
+class TestServer:
+    """A `websockets` server whose behaviour each test scripts.
+
+    It records every frame it receives, counts connections (total, current, peak) and can be stopped
+    and restarted on the same port.
+    """
+
+    __test__ = False
+
+    def __init__(self, handler: Handler = echo_handler) -> None:
+        self.handler = handler
+        self.port = 0
+        self.received: list[str | bytes] = []
+        self.total = 0
+        self.current = 0
+        self.peak = 0
+        self.connections: list[ServerConnection] = []
+        self.handshake_times: list[float] = []
+        self.reject: tuple[int, dict[str, str]] | None = None
+        self._server: Server | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def changed(self) -> None:
+        self._changed.set()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Event-driven wait for a condition on the server's records."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        self.handshake_times.append(asyncio.get_running_loop().time())
+        self.changed()
+        if self.reject is not None:
+            status, headers = self.reject
+            response = connection.respond(status, "rejected\n")
+            for k, v in headers.items():
+                response.headers[k] = v
+            return response
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        self.total += 1
+        self.current += 1
+        self.peak = max(self.peak, self.current)
+        self.connections.append(ws)
+        self.changed()
+        try:
+            await self.handler(self, ws)
+        except Exception:
+            pass
+        finally:
+            self.current -= 1
+            self.changed()
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handle,
+            "127.0.0.1",
+            self.port,
+            process_request=self._process_request,
+            ping_interval=None,
+            compression=None,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self, *, close_code: int = 1001) -> None:
+        if self._server is None:
+            return
+        self._server.close(close_connections=False)
+        for ws in list(self.connections):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(close_code), 1.0)
+        await self._server.wait_closed()
+        self._server = None
+
+    async def drop_all(self) -> None:
+        """Abort every connection without a close frame."""
+        for ws in list(self.connections):
+            ws.transport.abort()
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[Callable[..., Awaitable[TestServer]]]:
+    servers: list[TestServer] = []
+
+    async def factory(handler: Handler = echo_handler) -> TestServer:
+        server = TestServer(handler)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def server(make_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
+    return await make_server()
