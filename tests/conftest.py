@@ -99,6 +99,7 @@ class TestServer:
         for ws in list(self.connections):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(close_code), 1.0)
+            ws.transport.abort()  # a peer that stopped reading never finishes the close handshake
         await self._server.wait_closed()
         self._server = None
 
@@ -126,3 +127,32 @@ async def make_server() -> AsyncIterator[Callable[..., Awaitable[TestServer]]]:
 @pytest.fixture
 async def server(make_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
     return await make_server()
+
+
+async def poll_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Bounded wait on a condition that has no event to wait on (a client counter, say).
+
+    Checks every millisecond and fails with TimeoutError after ``timeout``: never a guess at a delay.
+    """
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - no event exists for this condition
+            await asyncio.sleep(0.001)
+
+
+class Collector:
+    """An on_message callback that records frames and wakes waiters."""
+
+    def __init__(self) -> None:
+        self.frames: list[str | bytes] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, frame: str | bytes) -> None:
+        self.frames.append(frame)
+        self._changed.set()
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> list[str | bytes]:
+        async with asyncio.timeout(timeout):
+            while len(self.frames) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.frames

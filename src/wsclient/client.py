@@ -60,6 +60,8 @@ from .transport import ConnectOptions, Connector, Transport, get_connector
 __all__ = ["Client", "Connection", "Subscription"]
 
 logger = logging.getLogger("wsclient")
+# A library must not print through logging's last-resort handler; the application configures output.
+logger.addHandler(logging.NullHandler())
 
 Data = str | bytes
 Outgoing = Any  # dict | list | pydantic model | str | bytes
@@ -432,16 +434,25 @@ class Client:
             # The supervisor closes the live transport itself on cancellation (it owns it).
             supervisor.cancel()
             await asyncio.gather(supervisor, return_exceptions=True)
-        await self._teardown("client closed")
+        self._drop_outbox("client closed")
         self._sm.handle(_E.CLOSED)
         code, reason = self._close_request
         self._emit(Closed(code, reason))
+        await self._teardown("client closed")
         assert self._done is not None
         self._done.set()
 
     async def _teardown(self, why: str) -> None:
-        """Stop the dispatcher and callback tasks; report what was never sent."""
+        """Stop the dispatcher and callback tasks; report what was never sent.
+
+        Async event callbacks still running get ``close_timeout`` to finish (so one reacting to the
+        final ``Closed``/``GaveUp`` event can run), then they are cancelled.
+        """
         self._drop_outbox(why)
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+        if self._callback_tasks:
+            await asyncio.wait(set(self._callback_tasks), timeout=self._config.close_timeout)
         tasks = [t for t in (self._dispatcher, *self._callback_tasks) if t is not None]
         for task in tasks:
             task.cancel()

@@ -69,7 +69,7 @@ def classify(cause: BaseException, policy: Reconnect) -> Verdict:
 def describe(cause: BaseException) -> str:
     """A one-line, user-facing description of a failure."""
     if isinstance(cause, ssl.SSLCertVerificationError):
-        return f"TLS certificate verification failed: {cause.verify_message or cause}"
+        return f"TLS certificate verification failed: {getattr(cause, 'verify_message', None) or cause}"
     if isinstance(cause, ConnectionRefusedError):
         return "connection refused"
     if isinstance(cause, TimeoutError):

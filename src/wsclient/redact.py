@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["MASK", "redact_headers", "redact_url"]
+__all__ = ["MASK", "RedactingLogger", "redact_headers", "redact_text", "redact_url"]
 
 MASK = "***"
 
@@ -43,3 +45,44 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {
         k: MASK if k.lower() in _SECRET_HEADERS or _SECRET_PARAM.search(k) else v for k, v in headers.items()
     }
+
+
+_SECRET_HEADER_LINE = re.compile(
+    r"(?im)^(\W*(?:authorization|proxy-authorization|cookie|set-cookie|x-api-key|api-key)\s*:\s*).*$"
+)
+_SECRET_QUERY_VALUE = re.compile(
+    r"([?&][^=&\s]*(?:token|key|secret|sign|sig|password|passwd|pass|auth|credential|session|jwt)"
+    r"[^=&\s]*=)[^&\s#]*",
+    re.IGNORECASE,
+)
+_USERINFO = re.compile(r"(wss?://[^/\s:@]*:)[^@/\s]*@", re.IGNORECASE)
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """Mask credential-bearing header lines, token-like query values, URL passwords and ``secrets``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
+    text = _SECRET_HEADER_LINE.sub(lambda m: m.group(1) + MASK, text)
+    text = _SECRET_QUERY_VALUE.sub(lambda m: m.group(1) + MASK, text)
+    return _USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
+
+
+class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger for the transport library that masks credentials before a record is made.
+
+    The transport logs handshake requests at DEBUG, headers and query string included; this adapter
+    formats each message and passes it through :func:`redact_text` with the connection's own secrets.
+    """
+
+    def __init__(self, logger: logging.Logger, secrets: Iterable[str]) -> None:
+        super().__init__(logger, {})
+        # Longest first, so a secret that contains another is masked whole.
+        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        text = str(msg) % args if args else str(msg)
+        kwargs.setdefault("stacklevel", 2)
+        self.logger.log(level, "%s", redact_text(text, self._secrets), **kwargs)

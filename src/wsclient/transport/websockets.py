@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable
 from typing import Any, NoReturn
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
@@ -15,6 +17,7 @@ from websockets.exceptions import (
 )
 
 from ..errors import ConfigError, HandshakeFailed, HandshakeRejected, TransportClosed
+from ..redact import RedactingLogger
 from .base import ConnectOptions, Data, FrameSink
 
 __all__ = ["WebsocketsTransport", "connect"]
@@ -91,6 +94,7 @@ async def connect(options: ConnectOptions) -> WebsocketsTransport:
             close_timeout=options.close_timeout,
             max_size=options.max_size,
             proxy=None,
+            logger=RedactingLogger(logging.getLogger("websockets.client"), _secrets(options)),
             user_agent_header=options.user_agent or "wsclient (websockets)",
             **kwargs,
         )
@@ -105,3 +109,13 @@ async def connect(options: ConnectOptions) -> WebsocketsTransport:
     except InvalidHandshake as exc:
         raise HandshakeFailed(f"invalid handshake: {exc}") from exc
     return WebsocketsTransport(ws)
+
+
+def _secrets(options: ConnectOptions) -> list[str]:
+    """Every value that could be a credential: header values, query values, the URL password."""
+    parts = urlsplit(options.url)
+    values = [v for _, v in parse_qsl(parts.query)] + list(options.headers.values())
+    values += [v.split(" ", 1)[-1] for v in options.headers.values()]  # "Bearer <token>"
+    if parts.password:
+        values.append(unquote(parts.password))
+    return values
