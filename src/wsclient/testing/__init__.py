@@ -1,0 +1,13 @@
+"""Test helpers for code built on wsclient: fault-injecting network components."""
+
+from wsclient.testing.feed import CHANNELS, DEFAULT_SYMBOLS, Fault, FeedServer, ReceivedFrame
+from wsclient.testing.proxy import ChaosProxy
+
+__all__ = [
+    "CHANNELS",
+    "DEFAULT_SYMBOLS",
+    "ChaosProxy",
+    "Fault",
+    "FeedServer",
+    "ReceivedFrame",
+]
