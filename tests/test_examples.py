@@ -1,0 +1,35 @@
+"""Every example runs as written, against the embedded feed, and says what it should."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+# What each example must print: proof that it did its job, not only that it exited.
+EXPECTED = {
+    "quickstart.py": ["Connected(", "code=1012", "reconnect=True", "connects=2"],
+}
+
+
+def test_every_example_is_covered() -> None:
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs(name: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for needle in EXPECTED[name]:
+        assert needle in result.stdout, (needle, result.stdout)
+    assert "Traceback" not in result.stderr
