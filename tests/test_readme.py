@@ -22,3 +22,14 @@ def test_quickstart_runs() -> None:
     assert "Connected(" in result.stdout
     assert "reconnect=True" in result.stdout
     assert "ClientStats(connects=2" in result.stdout
+
+
+def test_typed_messages_snippet_is_valid_code() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    typed = next(b for b in blocks if "class Trade(Message)" in b)
+    namespace: dict[str, object] = {}
+    exec(
+        compile(typed, "README.md", "exec", dont_inherit=True), namespace
+    )  # builds the client; never connects
+    client = namespace["client"]
+    assert getattr(client, "state").value == "idle"  # noqa: B009

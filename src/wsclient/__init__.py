@@ -6,6 +6,7 @@ and delivers every inbound frame to the application's handlers without ever bloc
 """
 
 from .client import Client, Connection, Subscription
+from .codec import Codec, GzipJsonCodec, JsonCodec
 from .config import ClientConfig, Heartbeat, Reconnect
 from .errors import (
     ClientClosedError,
@@ -16,6 +17,7 @@ from .errors import (
     HandshakeRejected,
     LinkDead,
     OutboxFullError,
+    RequestTimeout,
     TransportClosed,
     WSClientError,
 )
@@ -31,6 +33,7 @@ from .events import (
     MessageDropped,
     Reconnecting,
 )
+from .routing import Message, Registration, SequenceGap
 from .state import ConnectionState, IllegalTransitionError
 
 __version__ = "0.1.0.dev0"
@@ -42,6 +45,7 @@ __all__ = [
     "ClientEvent",
     "ClientStats",
     "Closed",
+    "Codec",
     "ConfigError",
     "ConnectFailed",
     "Connected",
@@ -51,16 +55,22 @@ __all__ = [
     "Disconnected",
     "GaveUp",
     "GaveUpError",
+    "GzipJsonCodec",
     "HandshakeFailed",
     "HandshakeRejected",
     "Heartbeat",
     "HeartbeatMissed",
     "IllegalTransitionError",
+    "JsonCodec",
     "LinkDead",
+    "Message",
     "MessageDropped",
     "OutboxFullError",
     "Reconnect",
     "Reconnecting",
+    "Registration",
+    "RequestTimeout",
+    "SequenceGap",
     "Subscription",
     "TransportClosed",
     "WSClientError",

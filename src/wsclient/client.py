@@ -27,8 +27,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from pydantic_core import to_json
+from pydantic import BaseModel
 
+from .codec import encode as encode_frame
 from .config import ClientConfig, validate_url
 from .errors import (
     ClientClosedError,
@@ -37,6 +38,7 @@ from .errors import (
     HandshakeRejected,
     LinkDead,
     OutboxFullError,
+    RequestTimeout,
     TransportClosed,
 )
 from .events import (
@@ -54,6 +56,7 @@ from .events import (
 from .heartbeat import Liveness, PongWatch, ping_payload, run_pinger, run_watchdog
 from .policy import Backoff, classify, describe
 from .redact import redact_url
+from .routing import RequestTracker, Router, SequenceGap
 from .state import ConnectionState, Event, StateMachine
 from .transport import ConnectOptions, Connector, Transport, get_connector
 
@@ -66,21 +69,20 @@ logger.addHandler(logging.NullHandler())
 Data = str | bytes
 Outgoing = Any  # dict | list | pydantic model | str | bytes
 F = TypeVar("F", bound=Callable[..., Any])
+M = TypeVar("M", bound=BaseModel)
 
 _S = ConnectionState
 _E = Event
 _client_ids = itertools.count(1)
 
 
-def encode(message: Outgoing) -> Data:
-    """Turn an outgoing message into a frame: str/bytes as they are, models and dicts as JSON text."""
-    if isinstance(message, str | bytes):
-        return message
-    dump_json = getattr(message, "model_dump_json", None)
-    if dump_json is not None:
-        text: str = dump_json()
-        return text
-    return to_json(message).decode()
+class _ReconnectMark:
+    """Put in the inbound queue where one connection's frames end and the next one's begin."""
+
+    __slots__ = ()
+
+
+_RECONNECT = _ReconnectMark()
 
 
 class _LinkDown(Exception):
@@ -109,7 +111,7 @@ class Connection:
 
     async def send(self, message: Outgoing) -> None:
         """Send ``message`` on this connection now."""
-        await self._client._send_on(self._transport, encode(message))
+        await self._client._send_on(self._transport, self._client._encode(message))
 
     def __repr__(self) -> str:
         return f"<Connection id={self.id} reconnect={self.reconnect}>"
@@ -153,10 +155,8 @@ class _Counters:
         "dropped_out",
         "handler_errors",
         "heartbeat_misses",
-        "invalid_messages",
         "messages_in",
         "messages_out",
-        "unknown_messages",
     )
 
     def __init__(self) -> None:
@@ -168,10 +168,8 @@ class _Counters:
         self.dropped_out = 0
         self.handler_errors = 0
         self.heartbeat_misses = 0
-        self.invalid_messages = 0
         self.messages_in = 0
         self.messages_out = 0
-        self.unknown_messages = 0
 
 
 class Client:
@@ -209,10 +207,26 @@ class Client:
         self._error_callbacks: list[Callable[[object, BaseException], Any]] = []
         self._connect_hooks: list[Callable[[Connection], Any]] = []
         self._subscriptions: list[Subscription] = []
+        self._unknown_callbacks: list[Callable[[Data], Any]] = []
+        self._gap_callbacks: list[Callable[[SequenceGap], Any]] = []
+
+        # Typed routing is opt-in: until a model, an on_unknown hook or a request needs it, frames
+        # go only to on_message callbacks and the router costs nothing.
+        self._codec = self._config.codec
+        self._requests = RequestTracker(self._config.request_id_field)
+        self._router = Router(
+            discriminator=self._config.discriminator,
+            codec=self._codec,
+            on_error=self._routing_error,
+            on_unknown=self._unknown,
+            on_gap=self._gap,
+            requests=self._requests,
+        )
+        self._routing = False
 
         # Inbound: reader → deque → dispatcher. The dispatcher parks on a future only when the deque
         # is empty, so a burst costs one wake-up, not one per frame.
-        self._inbox: deque[Data] = deque()
+        self._inbox: deque[Data | _ReconnectMark] = deque()
         self._dispatch_waiter: asyncio.Future[None] | None = None
         self._space_waiter: asyncio.Future[None] | None = None
         self._inbox_limit = self._config.inbound_queue
@@ -257,6 +271,60 @@ class Client:
         self._message_callbacks.append(callback)
         return callback
 
+    def on(
+        self,
+        model: type[M],
+        handler: Callable[[M], Any] | None = None,
+        *,
+        match: Callable[[Any], bool] | None = None,
+        in_thread: bool = False,
+        seq_key: Callable[[M], tuple[Any, int] | None] | None = None,
+        tag: Any = None,
+    ) -> Any:
+        """Route inbound frames that validate as ``model`` to ``handler`` (sync or async).
+
+        As a decorator, ``@client.on(Trade)`` registers the function and returns it unchanged; called
+        with a handler, ``client.on(Trade, handler)`` returns a :class:`~wsclient.routing.Registration`
+        whose ``cancel()`` unregisters it. A model may have several handlers, called in registration
+        order; an async handler is awaited before the next frame is dispatched, so messages stay in
+        arrival order.
+
+        Each frame is validated once, straight from its raw text (``validate_json`` over a
+        discriminated union of the registered models, keyed by ``ClientConfig.discriminator``).
+        ``match=`` registers a model without a tag (acks such as ``{"result": null, "id": 1}``) on a
+        slower predicate path tried only when a frame has no known tag. ``in_thread=True`` runs a
+        blocking sync handler in a worker thread. ``seq_key(message) -> (stream, seq)`` turns on
+        sequence-gap detection for the model (see :meth:`on_gap`). ``tag=`` overrides the model's
+        declared tag(s).
+        """
+        if handler is None:
+
+            def decorator(func: Callable[[M], Any]) -> Callable[[M], Any]:
+                self.on(model, func, match=match, in_thread=in_thread, seq_key=seq_key, tag=tag)
+                return func
+
+            return decorator
+        registration = self._router.register(
+            model, handler, match=match, in_thread=in_thread, seq_key=seq_key, tag=tag
+        )
+        self._routing = True
+        return registration
+
+    def on_unknown(self, callback: Callable[[Data], Any]) -> Callable[[Data], Any]:
+        """Register ``callback(frame)`` for frames that no registered model claims."""
+        self._unknown_callbacks.append(callback)
+        self._routing = True
+        return callback
+
+    def on_gap(self, callback: Callable[[SequenceGap], Any]) -> Callable[[SequenceGap], Any]:
+        """Register ``callback(gap)`` for sequence gaps and resets in streams with a ``seq_key``.
+
+        ``gap.across_reconnect`` tells whether the messages were lost while reconnecting; answer with
+        a snapshot request or a resubscribe as the venue requires.
+        """
+        self._gap_callbacks.append(callback)
+        return callback
+
     def on_event(self, callback: Callable[[ClientEvent], Any]) -> Callable[[ClientEvent], Any]:
         """Register ``callback(event)`` for lifecycle events (see :mod:`wsclient.events`).
 
@@ -289,7 +357,7 @@ class Client:
         self._subscriptions.append(sub)
         if self._sm.state is _S.OPEN or self._replay_done:
             # The current connection has replayed already: send it like any other message.
-            self._enqueue(encode(message))
+            self._enqueue(self._encode(message))
         return sub
 
     @property
@@ -331,9 +399,11 @@ class Client:
             seconds_since_last_inbound=None if last is None else time.monotonic() - last,
             dropped_in=c.dropped_in,
             dropped_out=c.dropped_out,
-            handler_errors=c.handler_errors,
-            invalid_messages=c.invalid_messages,
-            unknown_messages=c.unknown_messages,
+            handler_errors=c.handler_errors + self._router.stats.handler_errors,
+            invalid_messages=self._router.stats.invalid,
+            unknown_messages=self._router.stats.unknown,
+            sequence_gaps=self._router.sequences.gaps + self._router.sequences.resets,
+            requests_pending=self._requests.pending,
             heartbeat_misses=c.heartbeat_misses,
             inbound_queued=len(self._inbox),
             outbox_queued=len(self._outbox),
@@ -443,6 +513,10 @@ class Client:
         self._done.set()
 
     async def _teardown(self, why: str) -> None:
+        self._requests.fail_all(ClientClosedError(f"no reply: {why}"))
+        await self._stop_tasks(why)
+
+    async def _stop_tasks(self, why: str) -> None:
         """Stop the dispatcher and callback tasks; report what was never sent.
 
         Async event callbacks still running get ``close_timeout`` to finish (so one reacting to the
@@ -477,12 +551,50 @@ class Client:
         state = self._sm.state
         if state.is_terminal or state is _S.CLOSING:
             raise ClientClosedError(f"send() on a client that is {state.value}")
-        data = encode(message)
+        data = self._encode(message)
         transport = self._transport
         if state is _S.OPEN and transport is not None and not self._outbox and not self._flushing:
             await self._send_on(transport, data)
         else:
             self._enqueue(data)
+
+    def _encode(self, message: Outgoing) -> Data:
+        return encode_frame(message, self._codec)
+
+    async def request(
+        self,
+        message: Any,
+        *,
+        timeout: float,
+        model: type[M] | None = None,
+    ) -> Any:
+        """Send ``message`` with a fresh correlation id and return the reply carrying the same id.
+
+        ``message`` is a dict or a pydantic model; the id goes into ``ClientConfig.request_id_field``
+        (``"id"`` by default) unless the message already has one. The reply is returned validated
+        into ``model`` when given, else as decoded JSON. Replies are consumed: they do not also reach
+        the ordinary handlers.
+
+        Raises :class:`~wsclient.RequestTimeout` (a ``TimeoutError``) when no reply comes within
+        ``timeout`` seconds (the id is then forgotten, and a late reply goes to the handlers),
+        :class:`~wsclient.ConnectionLostError` at once if the connection drops while waiting, and
+        :class:`~wsclient.ClientClosedError` on a closed client. Like :meth:`send`, a request made
+        while disconnected waits in the outbox and goes out after the next connect.
+        """
+        request_id, frame = self._requests.prepare(message, self._codec)
+        future = self._requests.create(request_id)
+        self._routing = True
+        try:
+            await self.send(frame)
+            async with asyncio.timeout(timeout):
+                reply = await future
+        except TimeoutError:
+            raise RequestTimeout(f"no reply to request {request_id!r} within {timeout}s") from None
+        finally:
+            self._requests.forget(request_id)
+        if model is not None:
+            return model.model_validate(reply)
+        return reply
 
     async def _send_on(self, transport: Transport, data: Data) -> None:
         try:
@@ -580,7 +692,15 @@ class Client:
                 self._liveness.blocked = True
             self._space_waiter = asyncio.get_running_loop().create_future()
             return self._space_waiter
-        dropped = self._inbox.popleft() if policy == "drop_oldest" else self._inbox.pop()
+        inbox = self._inbox
+        if policy == "drop_newest":
+            dropped = inbox.pop()  # the frame just appended, never a reconnect mark
+        else:
+            dropped = inbox.popleft()
+            if dropped is _RECONNECT:  # keep the boundary, drop the first frame after it
+                dropped = inbox.popleft()
+                inbox.appendleft(_RECONNECT)
+        assert not isinstance(dropped, _ReconnectMark)
         self._counters.dropped_in += 1
         self._emit(MessageDropped("in", "inbound queue full", dropped))
         return None
@@ -597,9 +717,11 @@ class Client:
             waiter.set_result(None)
 
     async def _dispatch_loop(self) -> None:
-        inbox = self._inbox
+        # Any: the reconnect mark is told apart by identity below, cheaper than isinstance().
+        inbox: deque[Any] = self._inbox
         loop = asyncio.get_running_loop()
         callbacks = self._message_callbacks
+        dispatch = self._router.dispatch
         while True:
             if not inbox:
                 waiter = self._dispatch_waiter = loop.create_future()
@@ -608,6 +730,11 @@ class Client:
             data = inbox.popleft()
             if self._space_waiter is not None and len(inbox) <= self._inbox_low:
                 self._space_available()
+            if data is _RECONNECT:
+                # Here, in arrival order, and not when the socket opened: frames of the old
+                # connection still queued must not count as the new connection's first.
+                self._router.sequences.mark_reconnect()
+                continue
             for callback in callbacks:
                 try:
                     result = callback(data)
@@ -615,6 +742,39 @@ class Client:
                         await result
                 except Exception as exc:
                     self._handler_error(data, exc)
+            if self._routing:
+                pending = dispatch(data)
+                if pending is not None:
+                    await pending
+
+    def _routing_error(self, item: object, exc: BaseException) -> None:
+        # The router has counted and (for handler errors) logged it already.
+        self._report_error(item, exc)
+
+    def _unknown(self, frame: Data) -> None:
+        for callback in self._unknown_callbacks:
+            try:
+                self._run_callback(callback(frame))
+            except Exception as exc:
+                self._log.exception("on_unknown callback raised")
+                self._report_error(frame, exc)
+
+    def _gap(self, gap: SequenceGap) -> None:
+        if not self._gap_callbacks:
+            self._log.warning(
+                "sequence %s in stream %r: expected %d, got %d%s",
+                gap.kind,
+                gap.stream,
+                gap.expected,
+                gap.received,
+                " (across a reconnect)" if gap.across_reconnect else "",
+            )
+        for callback in self._gap_callbacks:
+            try:
+                self._run_callback(callback(gap))
+            except Exception as exc:
+                self._log.exception("on_gap callback raised")
+                self._report_error(gap, exc)
 
     def _handler_error(self, item: object, exc: BaseException) -> None:
         self._counters.handler_errors += 1
@@ -692,6 +852,12 @@ class Client:
                     try:
                         cause = await self._run_connection(transport, conn_id)
                         opened_at = self._opened_at
+                        # Replies can no longer come: fail the waiters now rather than at their timeout.
+                        self._requests.fail_all(
+                            ConnectionLostError(
+                                f"connection lost while waiting for a reply: {describe(cause)}"
+                            )
+                        )
                     except asyncio.CancelledError:
                         await self._close_transport(transport)
                         raise
@@ -769,6 +935,8 @@ class Client:
         cause: BaseException | None = None
         now = time.monotonic()
         liveness = self._liveness = Liveness(self._config.heartbeat, now)
+        if self._counters.connects:
+            self._inbox.append(_RECONNECT)
         hb = self._config.heartbeat
         try:
             async with asyncio.TaskGroup() as group:
@@ -833,7 +1001,7 @@ class Client:
                     continue
                 if pause and len(sent) > 1:
                     await asyncio.sleep(pause)
-                await self._send_on(transport, encode(sub.message))
+                await self._send_on(transport, self._encode(sub.message))
         self._replay_done = True
 
     async def _reader(self, transport: Transport) -> None:
@@ -849,7 +1017,7 @@ class Client:
         watch = self._pong_watch
 
         if watch is not None:
-            ping_frame = encode(hb.message)
+            ping_frame = self._encode(hb.message)
 
             async def send_ping() -> Awaitable[float]:
                 assert watch is not None

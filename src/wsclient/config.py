@@ -8,12 +8,13 @@ connection.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .codec import Codec
 from .errors import ConfigError
 
 __all__ = ["ClientConfig", "Heartbeat", "Reconnect", "validate_url"]
@@ -159,7 +160,17 @@ class ClientConfig(BaseModel):
     replay_interval: float = Field(
         0.0, ge=0, description="Pause between replayed subscriptions, for venues' rate limits."
     )
-    discriminator: str = Field("type", min_length=1, description="Tag field of typed messages.")
+    discriminator: str | tuple[str, ...] | Callable[[Any], Hashable | None] = Field(
+        "type",
+        description='Where a typed message\'s tag is: a field name ("type", "e"), a path to a nested '
+        'tag (("arg", "channel")), or a function of the decoded frame.',
+    )
+    codec: Codec | None = Field(
+        None, description="Frame codec for non-JSON feeds (e.g. GzipJsonCodec); None: JSON text."
+    )
+    request_id_field: str = Field(
+        "id", min_length=1, description="Field carrying the correlation id of client.request()."
+    )
     transport: Literal["websockets"] = Field("websockets", description="Transport backend.")
 
 

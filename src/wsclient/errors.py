@@ -19,6 +19,7 @@ __all__ = [
     "HandshakeRejected",
     "LinkDead",
     "OutboxFullError",
+    "RequestTimeout",
     "TransportClosed",
     "WSClientError",
 ]
@@ -46,6 +47,10 @@ class ConnectionLostError(WSClientError):
     A send that raises this may or may not have reached the server: wsclient never re-sends it on its
     own, because re-sending an order twice is worse than reporting it once.
     """
+
+
+class RequestTimeout(WSClientError, TimeoutError):
+    """``client.request()`` got no reply within its timeout."""
 
 
 class TransportClosed(WSClientError):

@@ -147,7 +147,12 @@ class ClientStats:
     """Sends dropped by the outbox policy, by a lost connection, or by close()."""
     handler_errors: int
     invalid_messages: int
+    """Frames that failed to decode or to validate into the model their tag names."""
     unknown_messages: int
+    """Frames no registered model claimed."""
+    sequence_gaps: int
+    """Gaps and resets seen in streams with a ``seq_key``."""
+    requests_pending: int
     heartbeat_misses: int
     inbound_queued: int
     outbox_queued: int
