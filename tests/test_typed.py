@@ -389,3 +389,28 @@ async def test_random_frames_never_crash_and_are_all_accounted_for(
             lambda: len(handled) + client.stats.unknown_messages + client.stats.invalid_messages == len(batch)
         )
         assert client.stats.connects == 1
+
+
+async def test_on_connect_hook_can_make_a_request(make_server: MakeServer) -> None:
+    async def login_server(server: TestServer, ws: ServerConnection) -> None:
+        async for raw in ws:
+            server.received.append(raw)
+            server.changed()
+            msg = json.loads(raw)
+            if msg.get("op") == "login":
+                await ws.send(json.dumps({"id": msg["id"], "result": "ok"}))
+
+    server = await make_server(login_server)
+    client = Client(server.url, config=config(open_timeout=2.0))
+    acks: list[Any] = []
+
+    @client.on_connect
+    async def login(conn: Any) -> None:
+        acks.append(await conn.request({"op": "login", "key": "k"}, timeout=1))
+
+    client.subscribe({"op": "subscribe"})
+    async with client:
+        await client.wait_open(3)
+        await server.wait_until(lambda: len(server.received) == 2)
+    assert acks == [{"id": 1, "result": "ok"}]
+    assert [json.loads(r)["op"] for r in server.received] == ["login", "subscribe"]

@@ -113,6 +113,15 @@ class Connection:
         """Send ``message`` on this connection now."""
         await self._client._send_on(self._transport, self._client._encode(message))
 
+    async def request(self, message: Any, *, timeout: float, model: type[M] | None = None) -> Any:
+        """Like :meth:`Client.request`, sent on this connection now (e.g. a login awaiting its ack).
+
+        ``client.request()`` cannot serve inside a hook: the client is not ``OPEN`` yet, so its
+        frame would wait in the outbox until after the hooks, and the hook would wait for ever.
+        """
+        client = self._client
+        return await client._request(message, timeout, model, self.send)
+
     def __repr__(self) -> str:
         return f"<Connection id={self.id} reconnect={self.reconnect}>"
 
@@ -581,11 +590,20 @@ class Client:
         :class:`~wsclient.ClientClosedError` on a closed client. Like :meth:`send`, a request made
         while disconnected waits in the outbox and goes out after the next connect.
         """
+        return await self._request(message, timeout, model, self.send)
+
+    async def _request(
+        self,
+        message: Any,
+        timeout: float,
+        model: type[M] | None,
+        send: Callable[[Data], Awaitable[None]],
+    ) -> Any:
         request_id, frame = self._requests.prepare(message, self._codec)
         future = self._requests.create(request_id)
         self._routing = True
         try:
-            await self.send(frame)
+            await send(frame)
             async with asyncio.timeout(timeout):
                 reply = await future
         except TimeoutError:
