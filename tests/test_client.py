@@ -716,3 +716,21 @@ async def test_half_open_link_is_detected_within_interval_plus_timeout(server: T
         assert isinstance(lost, Disconnected) and "no pong" in lost.reason and lost.will_retry
         # The bound of the issue: interval + timeout plus scheduling slack.
         assert detected <= interval + timeout + 0.5, detected
+
+
+async def test_event_callbacks_see_the_new_state(server: TestServer) -> None:
+    client = Client(server.url, config=fast_config())
+    seen: list[tuple[str, ConnectionState]] = []
+    client.on_event(lambda e: seen.append((type(e).__name__, client.state)))
+    recorder = Recorder(client)
+    async with client:
+        await recorder.wait_for(Connected, 1)
+        await server.drop_all()
+        await recorder.wait_for(Connected, 2)
+    assert seen[:4] == [
+        ("Connected", ConnectionState.OPEN),
+        ("Disconnected", ConnectionState.RECONNECTING),
+        ("Reconnecting", ConnectionState.RECONNECTING),
+        ("Connected", ConnectionState.OPEN),
+    ]
+    assert seen[-1] == ("Closed", ConnectionState.CLOSED)

@@ -891,14 +891,13 @@ class Client:
                     backoff.reset()
                 delay = backoff.next_delay(verdict.retry_after) if verdict.retry else None
                 will_retry = delay is not None
+                if will_retry:
+                    # Transition first, so that callbacks of the events below see RECONNECTING.
+                    sm.handle(_E.CONNECTION_LOST if opened_at is not None else _E.CONNECT_FAILED)
+                outcome = f"retrying in {delay:.3f}s" if delay is not None else "giving up"
                 if opened_at is not None:
                     code = cause.code if isinstance(cause, TransportClosed) else None
-                    self._log.warning(
-                        "connection %d lost: %s; %s",
-                        conn_id,
-                        verdict.reason,
-                        f"retrying in {delay:.3f}s" if delay is not None else "giving up",
-                    )
+                    self._log.warning("connection %d lost: %s; %s", conn_id, verdict.reason, outcome)
                     self._emit(Disconnected(conn_id, code, verdict.reason, will_retry, delay))
                 else:
                     status = cause.status if isinstance(cause, HandshakeRejected) else None
@@ -907,13 +906,12 @@ class Client:
                         backoff.failures,
                         self._safe_url,
                         verdict.reason,
-                        f"retrying in {delay:.3f}s" if delay is not None else "giving up",
+                        outcome,
                     )
                     self._emit(ConnectFailed(backoff.failures, verdict.reason, status, will_retry, delay))
                 if delay is None:
                     self._fail(cause, backoff.failures, fatal=not verdict.retry)
                     return
-                sm.handle(_E.CONNECTION_LOST if opened_at is not None else _E.CONNECT_FAILED)
                 self._emit(Reconnecting(backoff.failures + 1, delay))
                 await asyncio.sleep(delay)
         finally:
