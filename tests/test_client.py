@@ -473,6 +473,25 @@ async def test_no_tasks_left_after_close(server: TestServer) -> None:
     assert leftover == set(), leftover
 
 
+async def test_no_sockets_left_after_close(server: TestServer) -> None:
+    import os
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    baseline = open_fds()
+    for _ in range(5):
+        client = Client(server.url, config=fast_config())
+        async with client:
+            await client.wait_open(2)
+            await server.drop_all()
+            await client.wait_state(lambda s: s is ConnectionState.RECONNECTING, 2)
+            await client.wait_open(2)
+    # The server side of each connection closes once its handler notices: wait for that, bounded.
+    await server.wait_until(lambda: server.current == 0)
+    await poll_until(lambda: open_fds() <= baseline, timeout=5)
+
+
 async def test_slow_handler_causes_no_false_dead_link(make_server: MakeServer) -> None:
     """A handler sleeping 5× the pong timeout must neither kill the link nor lose a frame."""
     total = 30
