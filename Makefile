@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck install clean
+.PHONY: test lint typecheck install clean peers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
-test: lint typecheck
+# Real peers for the tests: nginx (apt, when absent and root) and the Node ws server (npm ci).
+peers:
+	bash tests/peers/install.sh
+
+test: lint typecheck peers
 	$(BIN)/python -m pytest
 
 clean:

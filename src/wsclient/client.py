@@ -889,7 +889,9 @@ class Client:
                     self._config.reconnect.reset_after
                 ):
                     backoff.reset()
-                delay = backoff.next_delay(verdict.retry_after) if verdict.retry else None
+                delay = backoff.next_delay(verdict.retry_after)  # counts the attempt, fatal or not
+                if not verdict.retry:
+                    delay = None
                 will_retry = delay is not None
                 if will_retry:
                     # Transition first, so that callbacks of the events below see RECONNECTING.
@@ -918,7 +920,7 @@ class Client:
             self._transport = None
 
     def _fail(self, cause: BaseException, attempts: int, *, fatal: bool) -> None:
-        self._failure = GaveUpError(cause, attempts, fatal=fatal)
+        self._failure = GaveUpError(cause, attempts, fatal=fatal, reason=describe(cause))
         self._sm.handle(_E.GIVE_UP)
         self._log.error("%s", self._failure)
         self._emit(GaveUp(attempts, describe(cause), fatal))

@@ -102,9 +102,11 @@ class GaveUpError(WSClientError):
     whether the cause was fatal by policy (as opposed to the budget running out).
     """
 
-    def __init__(self, cause: BaseException, attempts: int, *, fatal: bool) -> None:
+    def __init__(
+        self, cause: BaseException, attempts: int, *, fatal: bool, reason: str | None = None
+    ) -> None:
         why = "fatal error" if fatal else f"gave up after {attempts} attempt(s)"
-        super().__init__(f"{why}: {type(cause).__name__}: {cause}")
+        super().__init__(f"{why}: {reason or f'{type(cause).__name__}: {cause}'}")
         self.cause = cause
         self.attempts = attempts
         self.fatal = fatal

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Installs the real peers the test suite runs against (`make peers`, run by `make test`):
+#   * nginx, from Debian's packages, when it is absent and we are root;
+#   * the Node `ws` server's dependencies, with `npm ci` from package-lock.json, when node_modules is
+#     missing or older than the lock file.
+# Without root, nginx or npm, it says so and carries on: the tests that need a missing peer skip on a
+# developer's machine and fail under CI=true.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+install_nginx() {
+    if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "peers: nginx is not installed and cannot be (needs root and apt-get): nginx tests will not run" >&2
+        return 0
+    fi
+    apt-get update -qq
+    local package=""
+    for candidate in nginx-light nginx; do
+        if apt-cache policy "$candidate" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+            package=$candidate
+            break
+        fi
+    done
+    if [ -z "$package" ]; then
+        echo "peers: no nginx package found by apt-cache" >&2
+        return 1
+    fi
+    # The tests run nginx with their own configuration on their own ports. A system service started
+    # by the package would hold port 80 for nothing, so the maintainer scripts are told not to start
+    # it (policy-rc.d answering 101 is Debian's switch for that), unless the machine already says so.
+    local policy=/usr/sbin/policy-rc.d
+    local made_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        made_policy=1
+    fi
+    local status=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >/dev/null || status=$?
+    if [ -n "$made_policy" ]; then
+        rm -f "$policy"
+    fi
+    if [ "$status" != 0 ]; then
+        return "$status"
+    fi
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --now nginx >/dev/null 2>&1 || true
+    fi
+    echo "peers: installed $package ($(nginx -v 2>&1))"
+}
+
+install_node_peer() {
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "peers: npm is not installed: the Node ws peer tests will not run" >&2
+        return 0
+    fi
+    # npm ci rewrites node_modules/.package-lock.json, so its age says when the install last ran.
+    if [ -f node_modules/.package-lock.json ] && [ ! package-lock.json -nt node_modules/.package-lock.json ]; then
+        return 0
+    fi
+    npm ci --no-audit --no-fund --loglevel=error
+    touch node_modules/.package-lock.json
+}
+
+install_nginx
+install_node_peer
