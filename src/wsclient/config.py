@@ -7,12 +7,13 @@ connection.
 
 from __future__ import annotations
 
+import importlib.util
 import ssl
 from collections.abc import Callable, Hashable
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .codec import Codec
 from .errors import ConfigError
@@ -171,7 +172,27 @@ class ClientConfig(BaseModel):
     request_id_field: str = Field(
         "id", min_length=1, description="Field carrying the correlation id of client.request()."
     )
-    transport: Literal["websockets"] = Field("websockets", description="Transport backend.")
+    transport: Literal["websockets", "picows"] = Field(
+        "websockets",
+        description='Transport backend: "websockets", or "picows" (faster; pip install \'wsclient[fast]\').',
+    )
+
+    @field_validator("transport")
+    @classmethod
+    def _check_transport(cls, value: str, info: ValidationInfo) -> str:
+        if value == "picows":
+            if importlib.util.find_spec("picows") is None:
+                raise ValueError(
+                    "transport='picows' needs the picows package: pip install 'wsclient[fast]' "
+                    "(or use transport='websockets')"
+                )
+            # compression is declared above transport, so it has been validated already.
+            if info.data.get("compression") is not None:
+                raise ValueError(
+                    "transport='picows' does not support compression: use compression=None, "
+                    "or transport='websockets' for permessage-deflate"
+                )
+        return value
 
 
 def validate_url(url: str) -> str:

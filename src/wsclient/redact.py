@@ -6,9 +6,9 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-__all__ = ["MASK", "RedactingLogger", "redact_headers", "redact_text", "redact_url"]
+__all__ = ["MASK", "RedactingLogger", "connection_secrets", "redact_headers", "redact_text", "redact_url"]
 
 MASK = "***"
 
@@ -86,3 +86,17 @@ class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         text = str(msg) % args if args else str(msg)
         kwargs.setdefault("stacklevel", 2)
         self.logger.log(level, "%s", redact_text(text, self._secrets), **kwargs)
+
+
+def connection_secrets(url: str, headers: Mapping[str, str]) -> list[str]:
+    """Every value of a connection that could be a credential: header and query values, the password.
+
+    Transport backends mask these exact strings in their libraries' debug logs, on top of the
+    pattern-based masking of :func:`redact_text`.
+    """
+    parts = urlsplit(url)
+    values = [v for _, v in parse_qsl(parts.query)] + list(headers.values())
+    values += [v.split(" ", 1)[-1] for v in headers.values()]  # the token of "Bearer <token>"
+    if parts.password:
+        values.append(unquote(parts.password))
+    return values

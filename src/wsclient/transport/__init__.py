@@ -17,4 +17,8 @@ def get_connector(name: str) -> Connector:
         from .websockets import connect
 
         return connect
+    if name == "picows":
+        from .picows import connect as picows_connect
+
+        return picows_connect
     raise ValueError(f"unknown transport {name!r}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable
 from typing import Any, NoReturn
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
@@ -17,7 +16,7 @@ from websockets.exceptions import (
 )
 
 from ..errors import ConfigError, HandshakeFailed, HandshakeRejected, TransportClosed
-from ..redact import RedactingLogger
+from ..redact import RedactingLogger, connection_secrets
 from .base import ConnectOptions, Data, FrameSink
 
 __all__ = ["WebsocketsTransport", "connect"]
@@ -94,7 +93,9 @@ async def connect(options: ConnectOptions) -> WebsocketsTransport:
             close_timeout=options.close_timeout,
             max_size=options.max_size,
             proxy=None,
-            logger=RedactingLogger(logging.getLogger("websockets.client"), _secrets(options)),
+            logger=RedactingLogger(
+                logging.getLogger("websockets.client"), connection_secrets(options.url, options.headers)
+            ),
             user_agent_header=options.user_agent or "wsclient (websockets)",
             **kwargs,
         )
@@ -109,13 +110,3 @@ async def connect(options: ConnectOptions) -> WebsocketsTransport:
     except InvalidHandshake as exc:
         raise HandshakeFailed(f"invalid handshake: {exc}") from exc
     return WebsocketsTransport(ws)
-
-
-def _secrets(options: ConnectOptions) -> list[str]:
-    """Every value that could be a credential: header values, query values, the URL password."""
-    parts = urlsplit(options.url)
-    values = [v for _, v in parse_qsl(parts.query)] + list(options.headers.values())
-    values += [v.split(" ", 1)[-1] for v in options.headers.values()]  # "Bearer <token>"
-    if parts.password:
-        values.append(unquote(parts.password))
-    return values

@@ -1,0 +1,562 @@
+"""The fast backend, on ``picows`` (a Cython WebSocket library): ``pip install 'wsclient[fast]'``.
+
+picows is callback-based: it parses frames straight out of its read buffer and calls
+:meth:`WSListener.on_ws_frame` for each one. This backend turns that into the same contract as the
+``websockets`` backend, so the supervisor cannot tell them apart:
+
+* whole messages reach the sink, fragmented ones reassembled under the same ``max_size`` (exceeding
+  it sends close 1009); text is validated as UTF-8 and delivered as ``str`` (invalid: close 1007),
+  binary as ``bytes``;
+* the sink is called directly from ``on_ws_frame``: no queue and no coroutine switch per message;
+* when the sink returns an awaitable, reading stops (``pause_reading``) until it completes; the
+  frames already parsed from the same read are held, in order, and the sink is never called while a
+  wait is pending;
+* the close handshake, pings matched by payload, errors normalised as :mod:`.base` says.
+
+The connect path dials the TCP socket itself (picows' ``socket_factory``) so that a connect cancelled
+or timed out in the middle of the opening handshake cannot leave an orphan socket behind that
+completes the upgrade later: one client, one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import sys
+import time
+from collections import deque
+from collections.abc import Awaitable
+from typing import NoReturn
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSHandshakeError,
+    WSInvalidStatusError,
+    WSInvalidURL,
+    WSListener,
+    WSMsgType,
+    WSParsedURL,
+    WSProtocolError,
+    WSTransport,
+    ws_connect,
+)
+from websockets.headers import build_authorization_basic
+
+from ..errors import ConfigError, HandshakeFailed, HandshakeRejected, TransportClosed
+from ..redact import RedactingLogger, connection_secrets
+from .base import ConnectOptions, Data, FrameSink
+
+__all__ = ["PicowsTransport", "connect"]
+
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+_CONTINUATION = WSMsgType.CONTINUATION
+_PONG = WSMsgType.PONG
+_CLOSE = WSMsgType.CLOSE
+
+#: Messages held before pump() starts, before reading pauses (websockets' max_queue is 16 too). While
+#: a wait is pending reading is paused at once; what the current read already parsed is held.
+_HOLD_LIMIT = 16
+
+
+class _Listener(WSListener):
+    """picows callbacks → whole messages → the sink. All receive-side state of one connection."""
+
+    def __init__(self, max_size: int | None) -> None:
+        super().__init__()
+        self.ws: WSTransport | None = None
+        self._max_size = max_size
+        self._sink: FrameSink | None = None
+        # Messages parsed while no sink may be called: before pump() starts, or while a wait the sink
+        # returned is pending. None means "deliver directly" (the hot path tests only this).
+        self._held: deque[Data] | None = deque()
+        self._pending: asyncio.Future[None] | None = None
+        self._own_pending = False
+        self._drained: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        # Fragmented message being reassembled: opcode, payloads, total size.
+        self._frag_type: WSMsgType | None = None
+        self._frags: list[bytes] = []
+        self._frag_size = 0
+        # Outstanding pings by payload, in send order: (future of the RTT, monotonic send time).
+        self.pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
+        self.write_waiter: asyncio.Future[None] | None = None
+        self.app_closing = False
+        self.error: BaseException | None = None
+        self._failed = False  # we failed the connection (1002/1007/1009)
+        self._late = False  # a frame was seen after picows' parser failed the connection
+
+    # -- picows callbacks ------------------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.ws = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        # Hot path: a whole text or binary message, no fragment pending, no close frame sent.
+        msg_type = frame.msg_type
+        if frame.fin and self._frag_type is None and not transport.is_close_frame_sent:
+            if msg_type is _TEXT:
+                try:
+                    data: Data = frame.get_payload_as_utf8_text()
+                except UnicodeDecodeError as exc:
+                    self._fail(1007, f"invalid UTF-8 in a text frame: {exc.reason}")
+                    return
+            elif msg_type is _BINARY:
+                data = frame.get_payload_as_bytes()
+            else:
+                self._slow_frame(transport, frame, msg_type)
+                return
+            held = self._held  # from here on, _deliver() inlined
+            if held is None:
+                wait = self._sink(data)  # type: ignore[misc]  # _held is None only while a sink is set
+                if wait is not None:
+                    self._held = deque()
+                    self._pause_reading()
+                    self._block(wait)
+            else:
+                held.append(data)
+                if len(held) >= _HOLD_LIMIT:
+                    self._pause_reading()
+            return
+        self._slow_frame(transport, frame, msg_type)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        exc = self.closed()
+        for future, _ in self.pings.values():
+            if not future.done():
+                future.set_exception(exc)
+            # Marks the exception as retrieved (a heartbeat that gave up on the ping never awaits it);
+            # cancel() on a done future changes nothing else.
+            future.cancel()
+        self.pings.clear()
+        self._writable()
+        self._frags = []
+
+    def pause_writing(self) -> None:
+        # The socket's send buffer is above its high-water mark: send() waits until it drains.
+        if self.write_waiter is None:
+            self.write_waiter = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        self._writable()
+
+    # -- receive side ----------------------------------------------------------------------------
+
+    def _slow_frame(self, transport: WSTransport, frame: WSFrame, msg_type: WSMsgType) -> None:
+        if msg_type is _PONG or msg_type is _CLOSE:
+            self._control(transport, frame, msg_type)
+            return
+        if transport.is_close_frame_sent and not self.app_closing and self._after_failure(frame):
+            return
+        if msg_type is _CONTINUATION:
+            if self._frag_type is None:
+                self._fail(1002, "unexpected continuation frame")
+                return
+        elif self._frag_type is not None:
+            self._fail(1002, "expected a continuation frame")
+            return
+        elif msg_type is _TEXT or msg_type is _BINARY:
+            self._frag_type = msg_type
+        else:
+            self._control(transport, frame, msg_type)
+            return
+        self._frag_size += frame.payload_size
+        if self._max_size is not None and self._frag_size > self._max_size:
+            self._fail(1009, f"message over size limit ({self._frag_size} > {self._max_size} bytes)")
+            return
+        self._frags.append(frame.get_payload_as_bytes())
+        if not frame.fin:
+            return
+        payload = b"".join(self._frags)
+        is_text = self._frag_type is _TEXT
+        self._frag_type = None
+        self._frags = []
+        self._frag_size = 0
+        if is_text:
+            try:
+                data: Data = payload.decode()
+            except UnicodeDecodeError as exc:
+                self._fail(1007, f"invalid UTF-8 in a text message: {exc.reason}")
+                return
+        else:
+            data = payload
+        self._deliver(data)
+
+    def _deliver(self, data: Data) -> None:
+        """Hand ``data`` to the sink, or hold it. (on_ws_frame has an inlined copy: the hot path.)"""
+        held = self._held
+        if held is None:
+            wait = self._sink(data)  # type: ignore[misc]  # _held is None only while a sink is set
+            if wait is not None:
+                self._held = deque()
+                self._pause_reading()
+                self._block(wait)
+        else:
+            held.append(data)
+            if len(held) >= _HOLD_LIMIT:
+                self._pause_reading()
+
+    def _after_failure(self, frame: WSFrame) -> bool:
+        """Whether ``frame`` comes after the failure of the connection (it is then dropped).
+
+        Failures of ours drop everything after them. picows' parser reads one frame ahead: when the
+        frame after a message fails (over max_size, say), picows sends the close frame and *then*
+        hands over that message, which came first, so it is delivered, as websockets would. The
+        oversized frame itself (picows keeps parsing after a size error) and anything later are not.
+        """
+        if self._failed or self._late:
+            return True
+        self._late = True
+        return self._max_size is not None and frame.payload_size > self._max_size
+
+    def _control(self, transport: WSTransport, frame: WSFrame, msg_type: WSMsgType) -> None:
+        if msg_type is _PONG:
+            self._pong(frame.get_payload_as_bytes())
+        elif msg_type is _CLOSE:
+            if not transport.is_close_frame_sent:
+                # Echo the peer's code (RFC 6455 §5.5.1); picows cannot send an empty close frame,
+                # so a close without a code is answered with 1000.
+                code = frame.get_close_code().value or 1000
+                transport.send_close(WSCloseCode(code), frame.get_close_message())
+            transport.disconnect()
+        # PING is answered by picows itself (enable_auto_pong) and never reaches the listener.
+
+    def _pong(self, payload: bytes) -> None:
+        pings = self.pings
+        if payload not in pings:
+            return  # unsolicited pong: allowed by RFC 6455, ignored
+        now = time.monotonic()
+        # A pong acknowledges its ping and every earlier one, as in websockets.
+        while pings:
+            key, (future, sent_at) = next(iter(pings.items()))
+            del pings[key]
+            if not future.done():
+                future.set_result(now - sent_at)
+            if key == payload:
+                break
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection: close frame with ``code``, then drop the TCP connection."""
+        self._failed = True
+        ws = self.ws
+        if ws is None:
+            return
+        if not ws.is_close_frame_sent:
+            ws.send_close(WSCloseCode(code), reason.encode()[:123])
+        ws.disconnect()
+
+    # -- delivery and backpressure ---------------------------------------------------------------
+
+    def _block(self, wait: Awaitable[None]) -> None:
+        pending = self._pending = asyncio.ensure_future(wait)
+        # A coroutine became a task of ours: it must not outlive the pump (a future is the sink's).
+        self._own_pending = pending is not wait
+        pending.add_done_callback(self._drain)
+
+    def _drain(self, _: object = None) -> None:
+        """Deliver held messages until the sink asks to wait again, then resume reading."""
+        self._pending = None
+        sink = self._sink
+        held = self._held
+        if sink is None or held is None:
+            return
+        try:
+            while held:
+                wait = sink(held.popleft())
+                if wait is not None:
+                    self._block(wait)
+                    return
+        except Exception as exc:
+            # The websockets backend lets a sink error out of pump(); so does this one, via the pump.
+            self.error = exc
+            self._fail(1011, "internal error")
+        self._held = None
+        ws = self.ws
+        if self._reading_paused and ws is not None and not ws.is_disconnected:
+            self._reading_paused = False
+            ws.underlying_transport.resume_reading()
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    def _pause_reading(self) -> None:
+        ws = self.ws
+        if not self._reading_paused and ws is not None and not ws.is_disconnected:
+            self._reading_paused = True
+            ws.underlying_transport.pause_reading()
+
+    def attach(self, sink: FrameSink) -> None:
+        """Start delivering to ``sink``: first what was held since the handshake."""
+        self._sink = sink
+        if self._held is not None and self._pending is None:
+            self._drain()
+
+    def detach(self) -> None:
+        """Stop delivering: later messages are held and reading pauses, until attach() again."""
+        self._sink = None
+        if self._held is None:
+            self._held = deque()
+        pending = self._pending
+        if pending is not None:
+            pending.remove_done_callback(self._drain)
+            if self._own_pending:
+                pending.cancel()
+            self._pending = None
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.cancel()
+        self._drained = None
+
+    def discard(self) -> None:
+        """Nobody will read any more: drop what is held and let reading run (to see the close)."""
+        if self._sink is None:
+            self._held = None
+            self._sink = _discard
+            ws = self.ws
+            if self._reading_paused and ws is not None and not ws.is_disconnected:
+                self._reading_paused = False
+                ws.underlying_transport.resume_reading()
+
+    async def drained(self) -> None:
+        """Return once every held message has been delivered."""
+        while self._held is not None:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+
+    def _writable(self) -> None:
+        waiter = self.write_waiter
+        self.write_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def closed(self) -> TransportClosed:
+        """The TransportClosed describing how this connection ended (or is ending), as websockets does."""
+        ws = self.ws
+        handshake = ws.close_handshake if ws is not None else None
+        if handshake is None:
+            return TransportClosed(1006, "connection dropped without a close frame", by_peer=True)
+        sent, rcvd = handshake.sent, handshake.recv
+        if sent is not None and not handshake.recv_then_sent and not self.app_closing:
+            # We failed the connection (1002/1007/1009…): the peer's echo does not make it theirs.
+            return TransportClosed(sent.code.value, sent.reason or "", by_peer=False)
+        if rcvd is not None:
+            # A close frame without a code reads as 1005, as in websockets.
+            return TransportClosed(rcvd.code.value or 1005, rcvd.reason or "", by_peer=True)
+        assert sent is not None
+        return TransportClosed(sent.code.value, sent.reason or "", by_peer=False)
+
+
+def _discard(data: Data) -> None:
+    return None
+
+
+class PicowsTransport:
+    """A :class:`~wsclient.transport.base.Transport` over a picows connection."""
+
+    __slots__ = ("_listener", "_subprotocol", "_ws")
+
+    def __init__(self, ws: WSTransport, listener: _Listener, subprotocol: str | None) -> None:
+        self._ws = ws
+        self._listener = listener
+        self._subprotocol = subprotocol
+
+    @property
+    def subprotocol(self) -> str | None:
+        return self._subprotocol
+
+    async def pump(self, sink: FrameSink) -> NoReturn:
+        listener = self._listener
+        listener.attach(sink)
+        try:
+            try:
+                await self._ws.wait_disconnected()
+            except WSProtocolError:
+                pass  # picows' parser failed the connection: the close handshake says how
+            except Exception as exc:
+                # The sink raised inside on_ws_frame: picows failed the connection with 1011.
+                listener.error = exc
+            # Messages read before the connection ended still go out, in order, as with websockets.
+            await listener.drained()
+        finally:
+            listener.detach()
+        if listener.error is not None:
+            raise listener.error
+        raise listener.closed()
+
+    async def send(self, data: Data) -> None:
+        ws = self._ws
+        listener = self._listener
+        if ws.is_close_frame_sent or ws.is_disconnected:
+            # picows would drop the frame silently; the interface says TransportClosed.
+            raise listener.closed()
+        ws.send(_TEXT if isinstance(data, str) else _BINARY, data)
+        waiter = listener.write_waiter
+        if waiter is not None:
+            # Like websockets' drain(): a sender outrunning the link waits. Shielded, because the
+            # future is shared by every sender and one cancelled sender must not cancel it for all.
+            await asyncio.shield(waiter)
+            if ws.is_disconnected:
+                raise listener.closed()
+
+    async def ping(self, payload: bytes) -> Awaitable[float]:
+        ws = self._ws
+        listener = self._listener
+        if ws.is_close_frame_sent or ws.is_disconnected:
+            raise listener.closed()
+        if payload in listener.pings:
+            raise RuntimeError("already waiting for a pong with the same data")
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        listener.pings[payload] = (future, time.monotonic())
+        ws.send_ping(payload)
+        return future
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        ws = self._ws
+        listener = self._listener
+        if ws.is_disconnected:
+            return
+        listener.app_closing = True
+        # Without a pump nobody reads: let the peer's close frame through.
+        listener.discard()
+        if not ws.is_close_frame_sent:
+            ws.send_close(WSCloseCode(code), reason.encode())
+        # The listener drops the TCP connection when the peer's close frame arrives.
+        with contextlib.suppress(Exception):  # a local failure: the handshake is over either way
+            await ws.wait_disconnected()
+
+    def abort(self) -> None:
+        if not self._ws.is_disconnected:
+            self._ws.disconnect(graceful=False)
+
+    def write_buffer_size(self) -> int:
+        return int(self._ws.underlying_transport.get_write_buffer_size())
+
+
+class _Dialer:
+    """picows' ``socket_factory``: connects the TCP socket, and remembers it for clean-up.
+
+    ``ws_connect`` leaves the connection in place when it is cancelled during the opening
+    handshake; :meth:`abandon` shuts the socket down so that the transport owning it closes.
+    """
+
+    __slots__ = ("sock",)
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+
+    async def __call__(self, url: WSParsedURL) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM)
+        errors: list[OSError] = []
+        # One address after another, like loop.create_connection without happy eyeballs.
+        for family, type_, proto, _, address in infos:
+            sock = socket.socket(family, type_, proto)
+            self.sock = sock
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, address)
+            except BaseException as exc:
+                self.sock = None
+                sock.close()
+                if not isinstance(exc, OSError):
+                    raise
+                errors.append(exc)
+            else:
+                return sock
+        if len(errors) == 1:
+            raise errors[0]
+        if not errors:
+            raise OSError(f"no address found for {url.host}")
+        raise OSError(f"Multiple exceptions: {', '.join(str(e) for e in errors)}")
+
+    def abandon(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None and sock.fileno() != -1:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+async def connect(options: ConnectOptions) -> PicowsTransport:
+    """Open a connection with picows; errors are normalised as the interface says."""
+    if options.compression is not None:
+        raise ConfigError(
+            "the picows transport does not support compression: use compression=None, "
+            "or transport='websockets' for permessage-deflate"
+        )
+    headers = dict(options.headers)
+    lowered = {k.lower() for k in headers}
+    secrets = connection_secrets(options.url, options.headers)
+    url = options.url
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        # picows would put "user:password@" into the Host header. Like websockets, send the
+        # credentials as HTTP Basic auth instead, unless an Authorization header is given.
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        if "authorization" not in lowered:
+            headers["Authorization"] = build_authorization_basic(
+                unquote(parts.username or ""), unquote(parts.password or "")
+            )
+            secrets.append(headers["Authorization"])
+    if options.subprotocols:
+        headers["Sec-WebSocket-Protocol"] = ", ".join(options.subprotocols)
+    if "user-agent" not in lowered:
+        headers["User-Agent"] = options.user_agent or "wsclient (picows)"
+    ssl_context: ssl.SSLContext | None = None
+    if parts.scheme == "wss":
+        ssl_context = options.ssl_context if options.ssl_context is not None else ssl.create_default_context()
+    max_size = options.max_size
+    dialer = _Dialer()
+    try:
+        async with asyncio.timeout(options.open_timeout):
+            ws, listener = await ws_connect(
+                lambda: _Listener(max_size),
+                url,
+                ssl_context=ssl_context,
+                # open_timeout bounds the whole connect (above); this one also ends a handshake
+                # that a cancellation left behind, should the shutdown below come too late.
+                websocket_handshake_timeout=options.open_timeout,
+                logger_name=RedactingLogger(logging.getLogger("picows.client"), secrets),
+                # wsclient's heartbeat is the single source of truth for liveness.
+                enable_auto_ping=False,
+                enable_auto_pong=True,
+                # One frame over max_size fails at the parser, before it is buffered.
+                max_frame_size=max_size if max_size is not None else sys.maxsize,
+                extra_headers=headers,
+                socket_factory=dialer,
+            )
+    except BaseException as exc:
+        # Timed out, cancelled or failed: the half-open connection must not live on.
+        dialer.abandon()
+        if isinstance(exc, WSInvalidStatusError) and exc.response is not None:
+            response = exc.response
+            raise HandshakeRejected(
+                int(response.status), dict(response.headers.items()), bytes(exc.raw_body or b"")
+            ) from None
+        if isinstance(exc, WSInvalidURL):
+            # The URI itself stays out of the message: it may carry a token.
+            raise ConfigError("url is not a valid WebSocket URI: use ws(s)://host[:port]/path") from None
+        if isinstance(exc, WSHandshakeError):
+            raise HandshakeFailed(f"invalid handshake: {exc}") from exc
+        raise
+    if not isinstance(listener, _Listener):
+        # picows returns without a listener when the connection closed before the response.
+        ws.disconnect(graceful=False)
+        raise HandshakeFailed("connection closed during the opening handshake")
+    dialer.sock = None
+    listener.ws = ws
+    response = ws.response
+    subprotocol: str | None = response.headers.get("Sec-WebSocket-Protocol") if response else None
+    problem = None
+    if subprotocol is not None and subprotocol not in options.subprotocols:
+        problem = f"server chose subprotocol {subprotocol!r}, which was not offered"
+    elif response is not None and response.headers.get("Sec-WebSocket-Extensions"):
+        problem = "server negotiated an extension, which was not offered"
+    if problem is not None:
+        ws.disconnect(graceful=False)
+        raise HandshakeFailed(f"invalid handshake: {problem}")
+    return PicowsTransport(ws, listener, subprotocol)
