@@ -156,3 +156,19 @@ class Collector:
                 self._changed.clear()
                 await self._changed.wait()
         return self.frames
+
+
+#: Every transport backend; modules that exercise a connection run each test on all of them with
+#: ``pytestmark = pytest.mark.usefixtures("backend")``.
+BACKENDS = ("websockets", "picows")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with every ``Client`` on the given transport backend, whatever its config says."""
+    from wsclient.transport import get_connector
+
+    name: str = request.param
+    connector = get_connector(name)
+    monkeypatch.setattr("wsclient.client.get_connector", lambda _name: connector)
+    return name

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -34,6 +33,9 @@ from wsclient import (
 )
 
 from .conftest import Collector, TestServer, poll_until
+
+# Every test here runs on each transport backend (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("backend")
 
 MakeServer = Callable[..., Awaitable[TestServer]]
 
@@ -673,14 +675,14 @@ async def test_credentials_never_reach_logs_reprs_or_events(
 
     server = await make_server(reject_then_close)
     url = f"ws://user:{secret}@127.0.0.1:{server.port}/ws?token={secret}&symbol=BTC"
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(1)  # everything: picows logs its upgrade request below DEBUG
     client = Client(url, headers={"Authorization": f"Bearer {secret}"}, config=fast_config())
     recorder = Recorder(client)
     async with client:
         await recorder.wait_for(Disconnected, 2)
     # The test server's own logs print what it received; only the client side is under test.
     client_logs = [r.getMessage() for r in caplog.records if not r.name.startswith("websockets.server")]
-    assert any("GET /ws?token=***&symbol=BTC" in line for line in client_logs)
+    assert any("GET /ws?token=***" in line for line in client_logs), "the handshake log line is gone"
     text = "\n".join(client_logs) + repr(client) + repr(recorder.events) + client.url
     assert secret not in text
     assert "symbol=BTC" in client.url and "token=***" in client.url

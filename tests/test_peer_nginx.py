@@ -21,6 +21,9 @@ from wsclient import Client, ClientConfig, Connected, Disconnected, Heartbeat, H
 from .conftest import Collector, TestServer
 from .peers import Recorder, free_port, require_binary, stop_process, wait_for_port
 
+# Every test here runs on each transport backend (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("backend")
+
 MakeServer = Callable[..., Awaitable[TestServer]]
 
 READ_TIMEOUT = 1.0

@@ -32,6 +32,9 @@ from wsclient import (
 
 from .peers import PEERS_DIR, Recorder, missing, require_binary, stop_process
 
+# Every test here runs on each transport backend (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("backend")
+
 PING_INTERVAL_MS = 50
 FAST = Reconnect(initial_delay=0.01, max_delay=0.05, jitter=0, reset_after=0.5)
 SUBSCRIBE = {"op": "subscribe", "channel": "trades", "symbol": "BTC-USD"}

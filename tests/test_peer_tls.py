@@ -31,6 +31,9 @@ from wsclient import (
 from .conftest import Collector, poll_until
 from .peers import Recorder
 
+# Every test here runs on each transport backend (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("backend")
+
 # Retries would be quick here: a client that retried a TLS failure would show it within the test.
 FAST = Reconnect(initial_delay=0.01, max_delay=0.05, jitter=0)
 VERIFY_FAILED = "TLS certificate verification failed"

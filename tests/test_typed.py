@@ -27,6 +27,9 @@ from wsclient import (
 
 from .conftest import TestServer, poll_until
 
+# Every test here runs on each transport backend (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("backend")
+
 MakeServer = Callable[..., Awaitable[TestServer]]
 
 
