@@ -1,0 +1,1 @@
+"""Benchmarks of wsclient against its peers: ``make bench`` (see benchmarks/run.py)."""

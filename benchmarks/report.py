@@ -1,0 +1,813 @@
+"""Turn the raw results (benchmarks/results/latest.json) into latest.md, PNG charts and a summary.
+
+``python -m benchmarks.report [results.json]`` re-renders the report without re-running anything.
+Medians over rounds everywhere; ratios and differences to the baseline are taken per round (each
+round ran the variants back to back) and their median reported.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+__all__ = ["goals", "typed_key", "write"]
+
+BASELINE = "baseline"
+KIB = 1024
+Results = dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def med(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def field(row: dict[str, Any] | None, name: str) -> list[float]:
+    if not row:
+        return []
+    return [r[name] for r in row.get("runs", []) if r.get(name) is not None]
+
+
+def by_round(row: dict[str, Any] | None, name: str) -> dict[int, float]:
+    if not row:
+        return {}
+    return {r["round"]: r[name] for r in row.get("runs", []) if r.get(name) is not None}
+
+
+def paired(a: dict[str, Any] | None, b: dict[str, Any] | None, name: str, op: str) -> float | None:
+    """Median over rounds of ``a op b`` (``/`` or ``-``) for rounds where both ran."""
+    ra, rb = by_round(a, name), by_round(b, name)
+    rounds = sorted(set(ra) & set(rb))
+    if not rounds:
+        return None
+    if op == "/":
+        return statistics.median(ra[r] / rb[r] for r in rounds)
+    return statistics.median(ra[r] - rb[r] for r in rounds)
+
+
+def has_runs(rows: dict[str, Any], key: str) -> bool:
+    return bool(rows.get(key, {}).get("runs"))
+
+
+def typed_key(rows: dict[str, Any]) -> str:
+    """The wsclient row the goals are judged on: typed dispatch when it exists, else raw+validate."""
+    return "wsclient-typed-sync" if has_runs(rows, "wsclient-typed-sync") else "wsclient-raw-sync"
+
+
+def fmt(value: float | None, spec: str = ".2f", unit: str = "") -> str:
+    return "–" if value is None else f"{value:{spec}}{unit}"
+
+
+def ms(value: float | None) -> str:
+    return "–" if value is None else f"{value * 1000:,.0f} ms"
+
+
+# ------------------------------------------------------------------------------------------ goals
+
+
+def _goal(
+    gid: str, text: str, target: str, measured: str, met: bool | None, margin: str, basis: str = ""
+) -> dict[str, Any]:
+    return {
+        "id": gid,
+        "goal": text,
+        "target": target,
+        "measured": measured,
+        "met": met,
+        "margin": margin,
+        "basis": basis,
+    }
+
+
+def goals(results: Results) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    tp = results.get("throughput", {}).get("rows", {})
+    if tp and has_runs(tp, BASELINE):
+        for key, suffix in ((typed_key(tp), ""), ("wsclient-picows-typed-sync", " [picows transport]")):
+            if not has_runs(tp, key):
+                continue
+            ratio = paired(tp[key], tp[BASELINE], "rate", "/")
+            cost = paired(tp[key], tp[BASELINE], "us_per_msg", "-")
+            name = tp[key]["label"]
+            if ratio is not None:
+                out.append(
+                    _goal(
+                        "throughput_ratio" + ("_picows" if suffix else ""),
+                        f"typed throughput{suffix}",
+                        "≥ 0.90× baseline",
+                        f"{ratio:.3f}×",
+                        ratio >= 0.90,
+                        f"{(ratio - 0.90):+.3f}× vs target",
+                        name,
+                    )
+                )
+            if cost is not None and not suffix:
+                out.append(
+                    _goal(
+                        "wrapper_cost",
+                        "wrapper cost per message",
+                        "≤ 1.00 µs/msg",
+                        f"{cost:+.2f} µs/msg",
+                        cost <= 1.0,
+                        f"{1.0 - cost:+.2f} µs headroom" if cost <= 1.0 else f"{cost - 1.0:.2f} µs over",
+                        name,
+                    )
+                )
+    lat = results.get("latency", {}).get("rows", {})
+    if lat and has_runs(lat, BASELINE):
+        for key, suffix in ((typed_key(lat), ""), ("wsclient-picows-typed-sync", " [picows transport]")):
+            if not has_runs(lat, key):
+                continue
+            diff = paired(lat[key], lat[BASELINE], "p99_us", "-")
+            if diff is None:
+                continue
+            out.append(
+                _goal(
+                    "latency_p99" + ("_picows" if suffix else ""),
+                    f"p99 added latency at 20k msgs/s{suffix}",
+                    "≤ baseline + 100 µs",
+                    f"{diff:+.0f} µs vs baseline",
+                    diff <= 100,
+                    f"{100 - diff:+.0f} µs headroom" if diff <= 100 else f"{diff - 100:.0f} µs over",
+                    lat[key]["label"],
+                )
+            )
+    dl = results.get("deadlink", {})
+    if dl:
+        limit = dl["interval"] + dl["timeout"] + 0.05
+        for key, suffix in (("wsclient", ""), ("wsclient-picows", " [picows transport]")):
+            black = dl.get("blackhole", {}).get(key)
+            if black and black.get("runs"):
+                detect = field(black, "detect_s")
+                worst = max(detect)
+                out.append(
+                    _goal(
+                        "dead_detect" + ("_picows" if suffix else ""),
+                        f"dead link declared (black hole){suffix}",
+                        f"≤ I+T+50 ms = {limit * 1000:.0f} ms",
+                        f"median {ms(med(detect))}, worst {ms(worst)}",
+                        worst <= limit,
+                        f"{(limit - worst) * 1000:+.0f} ms (worst round)",
+                        "every round",
+                    )
+                )
+                slack = [r["recover_s"] - r.get("first_delay_s", dl["first_delay"]) for r in black["runs"]]
+                worst = max(slack)
+                out.append(
+                    _goal(
+                        "dead_recover" + ("_picows" if suffix else ""),
+                        f"first message after recovery (black hole){suffix}",
+                        "≤ first backoff delay + 50 ms",
+                        f"delay + {ms(med(slack))} median, + {ms(worst)} worst",
+                        worst <= 0.05,
+                        f"{(0.05 - worst) * 1000:+.0f} ms (worst round)",
+                        f"first delay {dl['first_delay']} s, measured from the dead verdict",
+                    )
+                )
+            restart = dl.get("restart", {}).get(key)
+            if restart and restart.get("runs"):
+                slack = field(restart, "attempt_to_first_s")
+                if slack:
+                    worst = max(slack)
+                    out.append(
+                        _goal(
+                            "restart_recover" + ("_picows" if suffix else ""),
+                            f"first message after server restart{suffix}",
+                            "≤ 50 ms after the retry that finds the server back",
+                            f"median {ms(med(slack))}, worst {ms(worst)}",
+                            worst <= 0.05,
+                            f"{(0.05 - worst) * 1000:+.0f} ms (worst round)",
+                            "from the start of the successful attempt",
+                        )
+                    )
+    mem = results.get("idle", {}).get("memory", {})
+    for comp in ("off", "on"):
+        w, b = mem.get(f"wsclient|{comp}"), mem.get(f"websockets|{comp}")
+        mw, mb = med(field(w, "per_conn_kib")), med(field(b, "per_conn_kib"))
+        if mw is None or mb is None:
+            continue
+        diff = mw - mb
+        out.append(
+            _goal(
+                f"memory_{comp}",
+                f"memory per idle connection, compression {comp}",
+                "≤ bare websockets + 4 KiB",
+                f"{mw:.1f} KiB vs {mb:.1f} KiB ({diff:+.1f} KiB)",
+                diff <= 4.0,
+                f"{4.0 - diff:+.1f} KiB headroom" if diff <= 4.0 else f"{diff - 4.0:.1f} KiB over",
+                "1,000 connections, RSS delta / 1000",
+            )
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------ charts
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "figure.dpi": 110})
+    return plt
+
+
+def _color(key: str) -> str:
+    if key == BASELINE:
+        return "#555555"
+    if key.startswith("wsclient"):
+        return "#1f77b4"
+    return "#ff7f0e"
+
+
+def chart_throughput(results: Results, path: Path) -> bool:
+    tp = results.get("throughput", {}).get("rows", {})
+    base = tp.get(BASELINE)
+    if not base or not base.get("runs"):
+        return False
+    rows = [(k, r) for k, r in tp.items() if r.get("runs")]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.8))
+    labels, ratios, colors, notes = [], [], [], []
+    for key, row in rows:
+        ratio = paired(row, base, "rate", "/") or 0.0
+        rate = med(field(row, "rate")) or 0.0
+        labels.append(row["label"])
+        ratios.append(ratio)
+        colors.append(_color(key))
+        notes.append(f"{rate / 1000:,.0f}k/s  ({ratio:.2f}×)")
+    y = list(range(len(rows)))[::-1]
+    ax.barh(y, ratios, color=colors)
+    for yi, ratio, note in zip(y, ratios, notes, strict=True):
+        ax.text(ratio + 0.02, yi, note, va="center", fontsize=9)
+    ax.set_yticks(y, labels)
+    ax.axvline(1.0, color="#555555", lw=1, ls="-")
+    ax.axvline(0.9, color="#d62728", lw=1, ls="--")
+    ax.text(0.88, len(rows) - 0.45, "goal ≥ 0.9×", color="#d62728", ha="right", va="center", fontsize=8)
+    ax.set_ylim(-0.6, len(rows) - 0.2)
+    ax.set_xlim(0, max(ratios) * 1.35)
+    ax.set_xlabel("× baseline (websockets + validate_json); median of per-round ratios")
+    n = results["throughput"].get("n", 0)
+    ax.set_title(f"Throughput, {n:,} market-data frames of ~160 B per run")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _median_round(row: dict[str, Any]) -> dict[str, Any]:
+    runs = sorted(row["runs"], key=lambda r: r["p99_us"])
+    return runs[len(runs) // 2]
+
+
+def chart_latency(results: Results, path: Path) -> bool:
+    lat = results.get("latency", {}).get("rows", {})
+    rows = [(k, r) for k, r in lat.items() if r.get("runs")]
+    if not rows:
+        return False
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5.0))
+    styles = ["-", "--", "-.", ":", (0, (5, 1))]
+    for i, (key, row) in enumerate(rows):
+        cdf = _median_round(row)["cdf"]
+        xs = [max(v, 1.0) for v, _ in cdf]
+        qs = [q for _, q in cdf]
+        kw = {"color": _color(key), "ls": styles[i % len(styles)], "lw": 1.6, "label": row["label"]}
+        ax1.plot(xs, qs, **kw)
+        ax2.plot(xs, [max(1 - q, 1e-4) for q in qs], **kw)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("added latency: handler time − server write stamp (µs)")
+    ax1.set_ylabel("fraction of messages ≤ x")
+    ax1.set_title("CDF")
+    ax1.grid(True, which="both", alpha=0.3)
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_ylim(1e-4, 1.05)
+    ax2.set_xlabel("added latency (µs)")
+    ax2.set_ylabel("fraction of messages > x")
+    ax2.set_title("tail (p99 at 1e-2, p99.9 at 1e-3)")
+    ax2.axhline(1e-2, color="#999999", lw=0.8, ls=":")
+    ax2.axhline(1e-3, color="#999999", lw=0.8, ls=":")
+    ax2.grid(True, which="both", alpha=0.3)
+    handles, names = ax1.get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    rate = results["latency"].get("rate", 0)
+    fig.suptitle(f"Added latency at a steady {rate:,} msgs/s (batches every ~1 ms; median round shown)")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def chart_deadlink(results: Results, path: Path) -> bool:
+    dl = results.get("deadlink", {})
+    scenarios = [(s, dl.get(s, {})) for s in ("blackhole", "restart")]
+    if not any(any(r.get("runs") for r in rows.values()) for _, rows in scenarios):
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.0))
+    titles = {
+        "blackhole": "black-holed link (no FIN), path back at once",
+        "restart": "server killed and restarted on the same port",
+    }
+    for ax, (scenario, rows) in zip(axes, scenarios, strict=True):
+        keys = [k for k, r in rows.items() if r.get("runs")]
+        detect = [med(field(rows[k], "detect_s")) or 0.0 for k in keys]
+        total = [med(field(rows[k], "total_s")) or 0.0 for k in keys]
+        x = list(range(len(keys)))
+        ax.bar([i - 0.2 for i in x], detect, 0.4, label="declared dead", color="#9467bd")
+        ax.bar([i + 0.2 for i in x], total, 0.4, label="first message on the new connection", color="#2ca02c")
+        for i in x:
+            ax.text(i - 0.2, detect[i], f"{detect[i]:.2f}", ha="center", va="bottom", fontsize=8)
+            ax.text(i + 0.2, total[i], f"{total[i]:.2f}", ha="center", va="bottom", fontsize=8)
+        short = {"wsclient": "wsclient", "wsclient-picows": "wsclient\n(picows)"}
+        ax.set_xticks(x, [short.get(k, k) for k in keys])
+        ax.set_ylabel("seconds after the " + ("cut" if scenario == "blackhole" else "kill") + " (median)")
+        ax.set_title(titles[scenario])
+        if scenario == "blackhole":
+            limit = dl["interval"] + dl["timeout"] + 0.05
+            ax.axhline(
+                limit, color="#d62728", ls="--", lw=1, label=f"goal: dead within I+T+50 ms = {limit:.2f} s"
+            )
+        ax.set_ylim(0, max([*detect, *total, 0.1]) * 1.12)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.suptitle(f"Dead-link detection and recovery (heartbeat I={dl['interval']} s, T={dl['timeout']} s)")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def chart_memory(results: Results, path: Path) -> bool:
+    mem = results.get("idle", {}).get("memory", {})
+    variants: list[str] = []
+    for key in mem:
+        v = key.split("|")[0]
+        if v not in variants and any(mem.get(f"{v}|{c}", {}).get("runs") for c in ("off", "on")):
+            variants.append(v)
+    if not variants:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    x = list(range(len(variants)))
+    for offset, comp, color in ((-0.2, "off", "#17becf"), (0.2, "on", "#bcbd22")):
+        values = [med(field(mem.get(f"{v}|{comp}"), "per_conn_kib")) for v in variants]
+        xs = [i + offset for i, val in zip(x, values, strict=True) if val is not None]
+        ys = [val for val in values if val is not None]
+        ax.bar(xs, ys, 0.4, label=f"compression {comp}", color=color)
+        for xi, yi in zip(xs, ys, strict=True):
+            ax.text(xi, yi, f"{yi:.1f}", ha="center", va="bottom", fontsize=8)
+    for comp, offset in (("off", -0.2), ("on", 0.2)):
+        base = med(field(mem.get(f"websockets|{comp}"), "per_conn_kib"))
+        if base is not None and "wsclient" in variants:
+            i = variants.index("wsclient")
+            ax.plot([i + offset - 0.2, i + offset + 0.2], [base + 4, base + 4], color="#d62728", lw=2)
+    ax.plot([], [], color="#d62728", lw=2, label="goal: bare websockets + 4 KiB")
+    names = [mem.get(f"{v}|off", mem.get(f"{v}|on", {})).get("label", v) for v in variants]
+    ax.set_xticks(x, [textwrap.fill(name, 24) for name in names], fontsize=8)
+    ax.set_ylabel("KiB of RSS per idle connection (median)")
+    conns = results["idle"].get("conns", 0)
+    ax.set_title(f"Memory per idle connection ({conns:,} connections, RSS delta / {conns:,})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+# ------------------------------------------------------------------------------------------ markdown
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def _skips(rows: dict[str, Any]) -> list[str]:
+    out = []
+    for row in rows.values():
+        if row.get("skipped"):
+            out.append(f"- *{row['label']}*: skipped — {row['skipped']}")
+        for err in row.get("errors", []):
+            out.append(f"- *{row['label']}*: round {err['round']} failed — {err['error']}")
+    return out
+
+
+def md_throughput(results: Results) -> list[str]:
+    tp = results["throughput"]
+    rows = tp["rows"]
+    base = rows.get(BASELINE)
+    server = tp.get("server", {})
+    lines = [
+        "## 1. Throughput",
+        "",
+        f"{tp['n']:,} frames per run (mixed book updates, trades and tickers, "
+        f"{server.get('avg_payload', 0):.0f} B average payload, Decimal prices as strings, then an end "
+        "marker), written by the server in 256 KiB blocks straight after the handshake. Rate = messages / "
+        "time from the first to the last message handled. Typed variants validate each frame once with "
+        "the same `TypeAdapter.validate_json` (discriminated union on `type` over Trade/Book/Ticker/End) "
+        "and call the same handler (count, time the end marker). Ratios and Δ are per-round, median.",
+        "",
+    ]
+    table = []
+    for key, row in rows.items():
+        rates = field(row, "rate")
+        if not rates:
+            continue
+        ratio = paired(row, base, "rate", "/")
+        delta = paired(row, base, "us_per_msg", "-")
+        table.append(
+            [
+                f"**{row['label']}**" if key == BASELINE else row["label"],
+                f"{med(rates):,.0f}",
+                f"{min(rates):,.0f} – {max(rates):,.0f}",
+                fmt(ratio, ".3f", "×"),
+                fmt(med(field(row, "us_per_msg")), ".2f"),
+                "–" if key == BASELINE else fmt(delta, "+.2f"),
+                fmt(med(field(row, "server_cpu_pct")), ".1f", " %"),
+            ]
+        )
+    lines += _table(
+        [
+            "variant",
+            "msgs/s (median)",
+            "range",
+            "× baseline",
+            "µs/msg",
+            "Δ µs/msg vs baseline",
+            "server CPU",
+        ],
+        table,
+    )
+    lines += ["", "![throughput relative to the baseline](throughput.png)", ""]
+    lines += _skips(rows)
+    return lines
+
+
+def md_latency(results: Results) -> list[str]:
+    lat = results["latency"]
+    rows = lat["rows"]
+    base = rows.get(BASELINE)
+    lines = [
+        "## 2. Added latency",
+        "",
+        f"The server writes {lat['rate']:,} msgs/s for {lat['seconds']:g} s in small batches every ~1 ms, "
+        "each frame stamped with `time.monotonic_ns()` just before its batch is written (CLOCK_MONOTONIC "
+        "is system-wide on Linux). The handler records `monotonic_ns()` − stamp after validation; the "
+        f"first {lat['warmup']:g} s are dropped. Percentiles are medians over rounds; Δp99 is per round. "
+        "Frames of one batch are handled one after the other, so the later ones in a batch wait for the "
+        "earlier ones' validation: that is in the baseline too.",
+        "",
+    ]
+    table = []
+    for key, row in rows.items():
+        if not row.get("runs"):
+            continue
+        diff = paired(row, base, "p99_us", "-")
+        table.append(
+            [
+                f"**{row['label']}**" if key == BASELINE else row["label"],
+                fmt(med(field(row, "p50_us")), ",.0f"),
+                fmt(med(field(row, "p90_us")), ",.0f"),
+                fmt(med(field(row, "p99_us")), ",.0f"),
+                fmt(med(field(row, "p999_us")), ",.0f"),
+                fmt(med(field(row, "max_us")), ",.0f"),
+                "–" if key == BASELINE else fmt(diff, "+,.0f"),
+                fmt(med(field(row, "server_cpu_pct")), ".1f", " %"),
+            ]
+        )
+    lines += _table(
+        ["variant", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "Δp99 vs baseline", "server CPU"],
+        table,
+    )
+    lines += ["", "![latency CDF](latency_cdf.png)", ""]
+    lines += _skips(rows)
+    return lines
+
+
+def md_deadlink(results: Results) -> list[str]:
+    dl = results["deadlink"]
+    lines = [
+        "## 3. Dead-link detection and recovery",
+        "",
+        f"Heartbeat interval I = {dl['interval']} s, timeout T = {dl['timeout']} s; wsclient reconnects "
+        f"after {dl['first_delay']} s (jitter 0 so the goal is exact). The feed sends 1,000 msgs/s after "
+        "a subscribe; the first message of every connection has `seq` 0, which is how the first message "
+        "after a reconnect + resubscribe is recognised. Each run is a fresh process with its own server; "
+        "the cut comes at a random moment 1–2 s after the first message (the same moment for every "
+        "variant in a round).",
+        "",
+        "**Black hole**: a TCP proxy in the client process stops forwarding in both directions and sends "
+        "no FIN; connections opened after the cut pass (the path is back at once). *Declared dead* is when "
+        "the client reports the link gone (wsclient: the fatal `HeartbeatMissed`/`Disconnected` event; "
+        "websockets: `recv` raising `ConnectionClosed`; aiohttp: `receive()` returning a close/error or "
+        "timing out).",
+        "",
+    ]
+    rows = dl.get("blackhole", {})
+    table = []
+    for row in rows.values():
+        if not row.get("runs"):
+            continue
+        detect = field(row, "detect_s")
+        table.append(
+            [
+                row["label"],
+                ms(med(detect)),
+                f"{ms(min(detect))} – {ms(max(detect))}",
+                ms(med(field(row, "recover_s"))),
+                ms(med(field(row, "total_s"))),
+            ]
+        )
+    lines += _table(
+        ["variant", "declared dead (median)", "range", "dead → first message", "cut → first message"],
+        table,
+    )
+    lines += _skips(rows)
+    lines += [
+        "",
+        "**Server restart**: the server process is killed (SIGKILL: the kernel closes its sockets) and "
+        "started again on the same port; *server down* is kill → the new server listening.",
+        "",
+    ]
+    rows = dl.get("restart", {})
+    table = []
+    for row in rows.values():
+        if not row.get("runs"):
+            continue
+        table.append(
+            [
+                row["label"],
+                ms(med(field(row, "detect_s"))),
+                ms(med(field(row, "server_down_s"))),
+                ms(med(field(row, "after_ready_s"))),
+                ms(med(field(row, "attempt_to_first_s"))),
+                ms(med(field(row, "total_s"))),
+            ]
+        )
+    lines += _table(
+        [
+            "variant",
+            "declared dead",
+            "server down",
+            "server back → first message",
+            "successful attempt → first message",
+            "kill → first message",
+        ],
+        table,
+    )
+    lines += [
+        "",
+        "websockets' `connect()` loop retries a failed connect after its own backoff (first delay "
+        "U(0, 5 s), then 3.1 s × 1.618ⁿ), hence its restart figures; after a black hole it waits "
+        "`close_timeout` (10 s by default) for a close handshake on a link known to be dead.",
+        "",
+    ]
+    lines += _skips(rows)
+    lines += ["", "![dead-link detection and recovery](deadlink.png)", ""]
+    return lines
+
+
+def md_idle(results: Results) -> list[str]:
+    idle = results["idle"]
+    mem, cpu = idle["memory"], idle["cpu"]
+    lines = [
+        "## 4. Memory and idle cost",
+        "",
+        f"RSS of the client process (VmRSS) after 20 warm-up connections and after {idle['conns']:,} more, "
+        "each of which received one welcome frame (compressed when permessage-deflate was negotiated), "
+        f"divided by {idle['conns']:,}. wsclient: one `Client` per connection (default heartbeat); bare "
+        "websockets: `connect()` (keepalive on, its default) plus a task reading the connection.",
+        "",
+    ]
+    table = []
+    for key, row in mem.items():
+        values = field(row, "per_conn_kib")
+        if not values:
+            continue
+        variant, comp = key.split("|")
+        base = med(field(mem.get(f"websockets|{comp}"), "per_conn_kib"))
+        delta = None if base is None or variant == "websockets" else med(values) - base
+        table.append(
+            [
+                row["label"],
+                comp,
+                f"{med(values):.1f}",
+                f"{min(values):.1f} – {max(values):.1f}",
+                fmt(delta, "+.1f"),
+                fmt(med(field(row, "open_s")), ".2f", " s"),
+            ]
+        )
+    lines += _table(
+        ["variant", "compression", "KiB / connection", "range", "Δ vs websockets", f"open {idle['conns']:,}"],
+        table,
+    )
+    lines += _skips(mem)
+    lines += [
+        "",
+        f"CPU of {idle['conns']:,} idle connections with a 1 s heartbeat (wsclient `Heartbeat(interval=1)`; "
+        f"websockets `ping_interval=1`), process CPU time over {idle['cpu_window']:g} s:",
+        "",
+    ]
+    table = []
+    for row in cpu.values():
+        pct = field(row, "cpu_pct")
+        if not pct:
+            continue
+        per = med(pct) / 100 / idle["conns"] * 1e6  # µs of CPU per connection per second = per ping
+        table.append(
+            [row["label"], f"{med(pct):.1f} %", f"{min(pct):.1f} – {max(pct):.1f} %", f"{per:.0f} µs"]
+        )
+    lines += _table(["variant", "CPU (one core = 100 %)", "range", "CPU per connection per second"], table)
+    lines += _skips(cpu)
+    lines += ["", "![memory per idle connection](memory.png)", ""]
+    return lines
+
+
+def md_profiles(results: Results, out: Path) -> list[str]:
+    made = results.get("profiles") or []
+    if not made:
+        return []
+    lines = ["## Profiles of missed goals", ""]
+    for p in made:
+        path = out / p["path"]
+        lines.append(f"### {p['goal']}: `{p['variant']}` — [{p['path']}]({p['path']})")
+        lines.append("")
+        summary_path = path.with_suffix(".json")
+        if p["goal"] in ("throughput", "latency") and summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+            total = summary["total_s"]
+            comps = ", ".join(f"{name} {100 * t / total:.0f} %" for name, t in summary["components"].items())
+            lines.append(f"Sampled time by component (pyinstrument, profiler overhead included): {comps}.")
+            lines.append("")
+            lines.append("wsclient's own hottest functions (self time):")
+            lines.append("")
+            for name, t in summary["wsclient_functions"][:6]:
+                lines.append(f"- `{name}`: {100 * t / total:.1f} %")
+            lines.append("")
+        elif p["goal"] == "memory" and path.exists():
+            head = path.read_text().splitlines()[:24]
+            lines += ["```", *head, "```", ""]
+    notes = out.parent / "ANALYSIS.md"
+    if notes.exists():
+        lines += [f"See [ANALYSIS.md](../{notes.name}) for a reading of these profiles.", ""]
+    return lines
+
+
+def md_goals(table: list[dict[str, Any]]) -> list[str]:
+    verdict = {True: "**met**", False: "**missed**", None: "–"}
+    rows = [[g["goal"], g["target"], g["measured"], verdict[g["met"]], g["margin"]] for g in table]
+    return ["## Goals", "", *_table(["goal", "target", "measured", "verdict", "by"], rows), ""]
+
+
+def md_machine(meta: dict[str, Any]) -> list[str]:
+    m = meta["machine"]
+    libs = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    load = " / ".join(f"{a:.2f}" for a in m["loadavg_start"])
+    load_end = " / ".join(f"{a:.2f}" for a in m.get("loadavg_end", []))
+    return [
+        "## Machine",
+        "",
+        *_table(
+            ["", ""],
+            [
+                ["CPU", f"{m['cpu_model']} — {m['cores']} cores ({m['cores_usable']} usable)"],
+                ["memory", m["memory"]],
+                ["OS", m["kernel"]],
+                ["Python", m["python"]],
+                ["libraries", libs],
+                ["wsclient commit", m.get("commit") or "–"],
+                ["load average (1/5/15 min)", f"start {load}; end {load_end}"],
+            ],
+        ),
+        "",
+    ]
+
+
+def render(results: Results, out: Path) -> tuple[str, list[dict[str, Any]]]:
+    meta = results["meta"]
+    goal_table = goals(results)
+    lines = [
+        "# wsclient benchmarks",
+        "",
+        f"Generated by `make bench` (`{meta['command'].strip()}`) on {meta['started']}, "
+        f"{meta.get('duration_s', 0) / 60:.0f} min, {meta['rounds']} rounds per measure, every run in a "
+        "fresh process, rounds interleaved (A B C … A B C …), medians reported. Everything runs on "
+        "127.0.0.1; the server is a separate process that writes pre-encoded frames (see the server CPU "
+        "columns: it is never the bottleneck). Default asyncio event loop everywhere.",
+        "",
+    ]
+    if meta.get("quick"):
+        lines += ["> **Quick run** (`QUICK=1`): fewer messages and rounds; figures are indicative only.", ""]
+    if meta.get("note"):
+        lines += [f"> **Note:** {meta['note']}", ""]
+    features = meta.get("features", {})
+    if features:
+        lines += [
+            f"wsclient features found: typed API `Client.on` {'yes' if features.get('typed') else 'no'}; "
+            f'`ClientConfig(transport="picows")` {"yes" if features.get("picows_transport") else "no"}'
+            + (f" ({features['picows_reason']})" if features.get("picows_reason") else "")
+            + ".",
+            "",
+        ]
+    lines += md_machine(meta)
+    lines += md_goals(goal_table)
+    if "throughput" in results:
+        lines += [*md_throughput(results), ""]
+    if "latency" in results:
+        lines += [*md_latency(results), ""]
+    if "deadlink" in results:
+        lines += [*md_deadlink(results), ""]
+    if "idle" in results:
+        lines += [*md_idle(results), ""]
+    lines += md_profiles(results, out)
+    lines += [
+        "## Reproduce",
+        "",
+        "`make bench` (full: ~20 min on 2 cores), `make bench QUICK=1` (a few minutes), or "
+        "`.venv/bin/python -m benchmarks.run --only throughput --n 200000 --rounds 5`; "
+        "`python -m benchmarks.report` re-renders this file from `latest.json`.",
+        "",
+    ]
+    return "\n".join(lines), goal_table
+
+
+def summary_text(results: Results, goal_table: list[dict[str, Any]]) -> str:
+    lines = ["", "wsclient benchmarks — summary (medians)", "=" * 40]
+    tp = results.get("throughput", {}).get("rows", {})
+    if tp:
+        base = tp.get(BASELINE)
+        lines.append("throughput:")
+        for row in tp.values():
+            rate = med(field(row, "rate"))
+            if rate is not None:
+                ratio = paired(row, base, "rate", "/")
+                lines.append(f"  {row['label']:<58} {rate:>10,.0f} msg/s  {fmt(ratio, '.3f', '×'):>7}")
+    lat = results.get("latency", {}).get("rows", {})
+    if lat:
+        lines.append("added latency at 20k msgs/s (p50 / p99 / p99.9 µs):")
+        for row in lat.values():
+            if row.get("runs"):
+                p = [med(field(row, f)) for f in ("p50_us", "p99_us", "p999_us")]
+                lines.append(f"  {row['label']:<58} {p[0]:>6,.0f} / {p[1]:>6,.0f} / {p[2]:>6,.0f}")
+    dl = results.get("deadlink", {})
+    for scenario in ("blackhole", "restart"):
+        rows = dl.get(scenario, {})
+        if rows:
+            lines.append(f"dead link, {scenario} (declared dead / first message, from the cut or kill):")
+            for row in rows.values():
+                if row.get("runs"):
+                    d, t = med(field(row, "detect_s")), med(field(row, "total_s"))
+                    lines.append(f"  {row['label'][:58]:<58} {ms(d):>9} / {ms(t):>9}")
+    mem = results.get("idle", {}).get("memory", {})
+    if mem:
+        lines.append("memory per idle connection:")
+        for key, row in mem.items():
+            v = med(field(row, "per_conn_kib"))
+            if v is not None:
+                lines.append(f"  {row['label'] + ', compression ' + key.split('|')[1]:<58} {v:>7.1f} KiB")
+    cpu = results.get("idle", {}).get("cpu", {})
+    for row in cpu.values():
+        v = med(field(row, "cpu_pct"))
+        if v is not None:
+            lines.append(f"  idle CPU, {row['label']:<48} {v:>7.1f} % of a core")
+    lines.append("goals:")
+    for g in goal_table:
+        verdict = {True: "met", False: "MISSED", None: "-"}[g["met"]]
+        lines.append(f"  [{verdict:^6}] {g['goal']}: {g['measured']} (target {g['target']}; {g['margin']})")
+    return "\n".join(lines)
+
+
+def write(results: Results, out: Path) -> str:
+    """Write latest.md and the charts into ``out``; return the summary text."""
+    charts = {
+        "throughput.png": chart_throughput,
+        "latency_cdf.png": chart_latency,
+        "deadlink.png": chart_deadlink,
+        "memory.png": chart_memory,
+    }
+    for name, make in charts.items():
+        make(results, out / name)
+    text, goal_table = render(results, out)
+    (out / "latest.md").write_text(text)
+    return summary_text(results, goal_table)
+
+
+def main() -> None:
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results" / "latest.json"
+    results = json.loads(path.read_text())
+    print(write(results, path.parent))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,511 @@
+"""Benchmarks of wsclient against its peers, one command: ``make bench`` (or ``python -m benchmarks.run``).
+
+Method (details in the generated report, benchmarks/results/latest.md):
+
+* a local server in its own process writes pre-encoded frames in large blocks (benchmarks/server.py)
+  and reports its own CPU share per connection;
+* every run of every variant is a fresh process (benchmarks/clients.py); rounds are interleaved
+  (A B C … A B C …) and medians reported, with ratios to the baseline measured in the same round;
+* measures: throughput, added latency at a steady 20k msgs/s, dead-link detection and recovery
+  (black-holing proxy, server restart), memory and CPU of 1,000 idle connections.
+
+Flags: ``--quick`` (100k messages, shorter runs, 3 rounds), ``--only throughput,latency,deadlink,idle``,
+``--n``, ``--rounds``, ``--note`` (printed in the report, e.g. "machine shared with other jobs").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import queue
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+MEASURES = ("throughput", "latency", "deadlink", "idle")
+
+THROUGHPUT = [
+    "websockets-bare",
+    "baseline",
+    "wsclient-typed-sync",
+    "wsclient-typed-async",
+    "wsclient-raw-sync",
+    "wsclient-raw-async",
+    "wsclient-picows-typed-sync",
+    "aiohttp",
+    "picows",
+    "websocket-client",
+    "websocket-client-noutf8",
+]
+LATENCY = ["baseline", "wsclient-typed-sync", "wsclient-raw-sync", "wsclient-picows-typed-sync", "picows"]
+DEADLINK = ["wsclient", "wsclient-picows", "websockets", "aiohttp"]
+MEMORY = [
+    ("wsclient", False),
+    ("websockets", False),
+    ("wsclient-typed", False),
+    ("wsclient-picows", False),
+    ("wsclient", True),
+    ("websockets", True),
+]
+IDLE_CPU = ["wsclient", "websockets"]
+LIBRARIES = (
+    "wsclient",
+    "websockets",
+    "pydantic",
+    "pydantic-core",
+    "aiohttp",
+    "picows",
+    "websocket-client",
+    "matplotlib",
+    "pyinstrument",
+)
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ processes
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("PYTHONASYNCIODEBUG", None)
+    return env
+
+
+class ServerProc:
+    """The long-lived benchmark server (throughput, latency and idle paths)."""
+
+    def __init__(self, n: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.server", "--n", str(n)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=child_env(),
+        )
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        try:
+            ready = self.lines.get(timeout=600)
+        except queue.Empty:
+            self.stop()
+            raise RuntimeError("the benchmark server did not start") from None
+        self.port = int(ready["port"])
+        self.info = ready
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with contextlib.suppress(json.JSONDecodeError):
+                self.lines.put(json.loads(line))
+
+    def url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def drain(self) -> None:
+        while True:
+            try:
+                self.lines.get_nowait()
+            except queue.Empty:
+                return
+
+    def conn_stats(self, timeout: float = 10) -> dict[str, Any] | None:
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_client(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """One run in a fresh process; returns its RESULT (``ok``, ``skipped`` or ``error``)."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.clients", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {timeout:.0f}s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+            if not result.get("ok") and result.get("error"):
+                result["stderr"] = proc.stderr[-2000:]
+            return result
+    return {"ok": False, "error": f"no result (exit {proc.returncode})", "stderr": proc.stderr[-2000:]}
+
+
+class Table:
+    """Runs of each variant of one measure, in order; skips and errors noted."""
+
+    def __init__(self, keys: list[str], labels: dict[str, str]) -> None:
+        self.rows: dict[str, dict[str, Any]] = {
+            k: {"label": labels.get(k, k), "runs": [], "errors": []} for k in keys
+        }
+
+    def active(self) -> list[str]:
+        return [k for k, row in self.rows.items() if "skipped" not in row]
+
+    def add(self, key: str, round_no: int, result: dict[str, Any]) -> str:
+        row = self.rows[key]
+        if result.get("skipped"):
+            row["skipped"] = result["skipped"]
+            return f"skipped: {result['skipped']}"
+        if not result.get("ok"):
+            row["errors"].append(
+                {"round": round_no, "error": result.get("error"), "stderr": result.get("stderr")}
+            )
+            return f"ERROR: {result.get('error')}"
+        result["round"] = round_no
+        row["runs"].append(result)
+        return "ok"
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.rows
+
+
+# ------------------------------------------------------------------------------------------ measures
+
+
+def labels_of(kind: str) -> dict[str, str]:
+    from benchmarks import clients
+
+    if kind == "deadlink":
+        return {k: v[0] for k, v in clients.DEADLINK_VARIANTS.items()}
+    if kind == "idle":
+        return {k: v[0] for k, v in clients.IDLE_VARIANTS.items()}
+    return {k: v.label for k, v in clients.VARIANTS.items()}
+
+
+def measure_throughput(server: ServerProc, args: argparse.Namespace) -> dict[str, Any]:
+    keys = [k for k in THROUGHPUT if not args.variants or k in args.variants or k == "baseline"]
+    table = Table(keys, labels_of("throughput"))
+    timeout = max(90.0, args.n / 5000)
+    base = {"measure": "throughput", "url": server.url("/stream"), "n": args.n, "timeout": timeout}
+    server.drain()
+    log(f"throughput: warm-up run of the baseline ({args.n:,} messages)")
+    run_client({**base, "variant": "baseline"}, timeout + 30)
+    server.conn_stats(timeout=10)
+    for r in range(1, args.rounds + 1):
+        for key in table.active():
+            result = run_client({**base, "variant": key}, timeout + 30)
+            stats = server.conn_stats(timeout=10) if result.get("ok") else None
+            if stats and stats.get("wall_s"):
+                result["server_cpu_pct"] = 100 * stats["cpu_s"] / stats["wall_s"]
+            status = table.add(key, r, result)
+            rate = f"{result['rate']:>10,.0f} msg/s" if result.get("ok") else status
+            log(f"throughput round {r}/{args.rounds}  {key:<28} {rate}")
+            server.drain()
+    return {"n": args.n, "server": server.info, "rows": table.as_dict()}
+
+
+def measure_latency(server: ServerProc, args: argparse.Namespace) -> dict[str, Any]:
+    keys = [k for k in LATENCY if not args.variants or k in args.variants or k == "baseline"]
+    table = Table(keys, labels_of("latency"))
+    rate, seconds, warmup = 20000, args.latency_seconds, 0.5
+    base = {
+        "measure": "latency",
+        "url": server.url(f"/paced?rate={rate}&seconds={seconds}"),
+        "rate": rate,
+        "seconds": seconds,
+        "warmup": warmup,
+        "timeout": seconds + 30,
+    }
+    server.drain()
+    for r in range(1, args.rounds + 1):
+        for key in table.active():
+            result = run_client({**base, "variant": key}, seconds + 60)
+            stats = server.conn_stats(timeout=10) if result.get("ok") else None
+            if stats and stats.get("wall_s"):
+                result["server_cpu_pct"] = 100 * stats["cpu_s"] / stats["wall_s"]
+            status = table.add(key, r, result)
+            figure = (
+                f"p50 {result['p50_us']:.0f} µs  p99 {result['p99_us']:.0f} µs  "
+                f"p99.9 {result['p999_us']:.0f} µs"
+                if result.get("ok")
+                else status
+            )
+            log(f"latency round {r}/{args.rounds}  {key:<28} {figure}")
+            server.drain()
+    return {"rate": rate, "seconds": seconds, "warmup": warmup, "rows": table.as_dict()}
+
+
+def measure_deadlink(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import clients
+
+    out: dict[str, Any] = {
+        "interval": clients.HB_INTERVAL,
+        "timeout": clients.HB_TIMEOUT,
+        "first_delay": clients.FIRST_DELAY,
+    }
+    keys = [k for k in DEADLINK if not args.variants or k in args.variants]
+    tables = {s: Table(keys, labels_of("deadlink")) for s in ("blackhole", "restart")}
+    for r in range(1, args.rounds + 1):
+        for scenario, table in tables.items():
+            for key in table.active():
+                spec = {"measure": "deadlink", "scenario": scenario, "variant": key, "seed": r, "timeout": 45}
+                result = run_client(spec, 120)
+                status = table.add(key, r, result)
+                figure = (
+                    f"dead after {result['detect_s'] * 1000:7.0f} ms, first message after "
+                    f"{result['total_s'] * 1000:7.0f} ms"
+                    if result.get("ok")
+                    else status
+                )
+                log(f"deadlink round {r}/{args.rounds}  {scenario:<9} {key:<16} {figure}")
+    out.update({s: t.as_dict() for s, t in tables.items()})
+    return out
+
+
+def measure_idle(server: ServerProc, args: argparse.Namespace) -> dict[str, Any]:
+    url = server.url("/idle")
+    conns, window = args.conns, args.cpu_window
+    mem_keys = [f"{v}|{'on' if c else 'off'}" for v, c in MEMORY if not args.variants or v in args.variants]
+    labels = labels_of("idle")
+    mem = Table(mem_keys, {k: labels[k.split("|")[0]] for k in mem_keys})
+    cpu = Table(IDLE_CPU, labels)
+    base = {"measure": "idle", "url": url, "conns": conns, "warm": 20, "timeout": 120}
+    for r in range(1, args.rounds + 1):
+        for key in mem.active():
+            variant, comp = key.split("|")
+            result = run_client({**base, "variant": variant, "compression": comp == "on"}, 200)
+            status = mem.add(key, r, result)
+            figure = f"{result['per_conn_kib']:6.1f} KiB/connection" if result.get("ok") else status
+            log(f"memory round {r}/{args.rounds}  {variant:<16} compression {comp:<3}  {figure}")
+    for r in range(1, args.rounds + 1):
+        for key in cpu.active():
+            spec = {**base, "variant": key, "compression": False, "interval": 1.0, "cpu_window": window}
+            result = run_client(spec, 200 + window)
+            status = cpu.add(key, r, result)
+            figure = f"{result['cpu_pct']:5.1f} % of a core" if result.get("ok") else status
+            log(f"idle cpu round {r}/{args.rounds}  {key:<16} {conns} connections, 1 s heartbeat: {figure}")
+    return {"conns": conns, "cpu_window": window, "memory": mem.as_dict(), "cpu": cpu.as_dict()}
+
+
+def profiles(server: ServerProc, results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, str]]:
+    """Profile the hot path of every wsclient row whose goal was missed (one extra run each)."""
+    made: list[dict[str, str]] = []
+    goals = report.goals(results)
+    missed = {g["id"] for g in goals if g["met"] is False}
+    if missed & {"throughput_ratio", "wrapper_cost"}:
+        key = report.typed_key(results.get("throughput", {}).get("rows", {}))
+        path = RESULTS / f"profile-throughput-{key}.txt"
+        spec = {
+            "measure": "throughput",
+            "variant": key,
+            "url": server.url("/stream"),
+            "n": args.n,
+            "timeout": max(90.0, args.n / 2000),
+            "profile": str(path),
+        }
+        log(f"profile: {key} throughput under pyinstrument → {rel(path)}")
+        server.drain()
+        result = run_client(spec, spec["timeout"] + 30)
+        if result.get("ok"):
+            made.append({"goal": "throughput", "path": path.name, "variant": key})
+    if "latency_p99" in missed:
+        key = report.typed_key(results.get("latency", {}).get("rows", {}))
+        path = RESULTS / f"profile-latency-{key}.txt"
+        lat = results["latency"]
+        spec = {
+            "measure": "latency",
+            "variant": key,
+            "url": server.url(f"/paced?rate={lat['rate']}&seconds={lat['seconds']}"),
+            "rate": lat["rate"],
+            "seconds": lat["seconds"],
+            "warmup": lat["warmup"],
+            "timeout": lat["seconds"] + 30,
+            "profile": str(path),
+        }
+        log(f"profile: {key} latency under pyinstrument → {rel(path)}")
+        server.drain()
+        result = run_client(spec, lat["seconds"] + 60)
+        if result.get("ok"):
+            made.append({"goal": "latency", "path": path.name, "variant": key})
+    if missed & {"memory_off", "memory_on"}:
+        for variant in ("wsclient", "websockets"):
+            path = RESULTS / f"memory-trace-{variant}.txt"
+            spec = {
+                "measure": "idle",
+                "variant": variant,
+                "url": server.url("/idle"),
+                "compression": False,
+                "conns": args.conns,
+                "warm": 20,
+                "timeout": 120,
+                "trace": str(path),
+            }
+            log(f"profile: {variant} memory under tracemalloc → {rel(path)}")
+            result = run_client(spec, 300)
+            if result.get("ok"):
+                made.append({"goal": "memory", "path": path.name, "variant": variant})
+    return made
+
+
+# ------------------------------------------------------------------------------------------ machine
+
+
+def machine(args: argparse.Namespace) -> dict[str, Any]:
+    cpu_model = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_total = ""
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_total = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    commit = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        )
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=ROOT)
+        commit = head.stdout.strip() + (" (working tree modified)" if dirty.stdout.strip() else "")
+    return {
+        "cpu_model": cpu_model,
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "memory": mem_total,
+        "kernel": platform.platform(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "versions": versions,
+        "commit": commit,
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def shown_args(argv: list[str] | None) -> list[str]:
+    """The command-line flags for the report, without ``--note`` (printed on its own)."""
+    out: list[str] = []
+    skip = False
+    for arg in sys.argv[1:] if argv is None else argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            out.append(arg)
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("--quick", action="store_true", help="100k messages, shorter runs, 3 rounds")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(MEASURES)}")
+    parser.add_argument("--variants", default="", help="comma-separated variant keys (the baseline stays)")
+    parser.add_argument("--n", type=int, default=None, help="messages per throughput run (1,000,000)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per measure (5; quick: 3)")
+    parser.add_argument("--conns", type=int, default=None, help="idle connections (1000)")
+    parser.add_argument("--note", default="", help="a line for the report, e.g. why figures may be noisy")
+    parser.add_argument("--out", default=str(RESULTS), help="output directory")
+    parser.add_argument("--no-profile", action="store_true", help="skip profiling missed goals")
+    args = parser.parse_args(argv)
+    args.n = args.n or (100_000 if args.quick else 1_000_000)
+    args.rounds = args.rounds or (3 if args.quick else 5)
+    args.conns = args.conns or 1000
+    args.latency_seconds = 2.0 if args.quick else 5.0
+    args.cpu_window = 3.0 if args.quick else 10.0
+    args.only = [m for m in args.only.split(",") if m] or list(MEASURES)
+    unknown = set(args.only) - set(MEASURES)
+    if unknown:
+        parser.error(f"unknown measure(s) {', '.join(sorted(unknown))}: choose from {', '.join(MEASURES)}")
+    args.variants = [v for v in args.variants.split(",") if v]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    global RESULTS
+    RESULTS = out
+    started = time.time()
+    results: dict[str, Any] = {
+        "meta": {
+            "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": shlex.join(["python", "-m", "benchmarks.run", *shown_args(argv)]),
+            "quick": args.quick,
+            "rounds": args.rounds,
+            "note": args.note,
+            "machine": machine(args),
+        }
+    }
+    probe = run_client({"measure": "probe"}, 60)
+    results["meta"]["features"] = probe
+    log(f"wsclient features: {probe}")
+    need_server = set(args.only) & {"throughput", "latency", "idle"}
+    if "throughput" in args.only:
+        log(f"starting the server ({args.n:,} frames pre-encoded)")
+    server = ServerProc(args.n if "throughput" in args.only else 0) if need_server else None
+    try:
+        if "throughput" in args.only and server is not None:
+            results["throughput"] = measure_throughput(server, args)
+        if "latency" in args.only and server is not None:
+            results["latency"] = measure_latency(server, args)
+        if "deadlink" in args.only:
+            results["deadlink"] = measure_deadlink(args)
+        if "idle" in args.only and server is not None:
+            results["idle"] = measure_idle(server, args)
+        if server is not None and not args.no_profile:
+            results["profiles"] = profiles(server, results, args)
+    finally:
+        if server is not None:
+            server.stop()
+    results["meta"]["machine"]["loadavg_end"] = os.getloadavg()
+    results["meta"]["duration_s"] = time.time() - started
+    (out / "latest.json").write_text(json.dumps(results, separators=(",", ":")))
+    summary = report.write(results, out)
+    print(summary)
+    log(f"report: {rel(out / 'latest.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
