@@ -264,8 +264,10 @@ class Client:
         self._close_task: asyncio.Task[None] | None = None
         self._close_request: tuple[int, str] = (1000, "")
         self._callback_tasks: set[asyncio.Task[Any]] = set()
-        self._state_changed: asyncio.Event | None = None
-        self._done: asyncio.Event | None = None
+        # Plain futures rather than asyncio.Event: an Event allocates a waiter deque (~760 B) up
+        # front, and a feeder may hold hundreds of idle clients.
+        self._state_waiters: list[asyncio.Future[None]] | None = None
+        self._done: asyncio.Future[None] | None = None
         self._failure: GaveUpError | None = None
 
     # ------------------------------------------------------------------ registration
@@ -427,8 +429,8 @@ class Client:
         """Start connecting in the background. Returns at once; see :meth:`wait_open`."""
         if self._sm.state is not _S.IDLE:
             raise ClientClosedError(f"start() on a client that is {self._sm.state.value}")
-        self._state_changed = asyncio.Event()
-        self._done = asyncio.Event()
+        self._state_waiters = []
+        self._done = asyncio.get_running_loop().create_future()
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name=f"wsclient-dispatch-{self._id}")
         self._supervisor = asyncio.create_task(self._supervise(), name=f"wsclient-supervisor-{self._id}")
 
@@ -459,7 +461,7 @@ class Client:
     async def _wait_state(
         self, predicate: Callable[[ConnectionState], bool], *, raise_failure: bool = True
     ) -> ConnectionState:
-        if self._state_changed is None:
+        if self._state_waiters is None:
             raise ClientClosedError("the client was not started")
         while True:
             state = self._sm.state
@@ -469,8 +471,13 @@ class Client:
                 if raise_failure and self._failure is not None:
                     raise self._failure
                 raise ClientClosedError(f"the client is {state.value}")
-            self._state_changed.clear()
-            await self._state_changed.wait()
+            waiter = asyncio.get_running_loop().create_future()
+            self._state_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if not waiter.done():  # cancelled or timed out: do not leave it behind
+                    self._state_waiters.remove(waiter)
 
     async def wait_closed(self) -> None:
         """Wait until the client is closed; raise :class:`~wsclient.GaveUpError` if it failed."""
@@ -478,7 +485,7 @@ class Client:
             if self._sm.state is _S.CLOSED:
                 return
             raise ClientClosedError("the client was not started")
-        await self._done.wait()
+        await asyncio.shield(self._done)
         if self._failure is not None:
             raise self._failure
 
@@ -491,7 +498,7 @@ class Client:
         state = self._sm.state
         if self._close_task is None:
             if state is _S.FAILED and self._done is not None:
-                await self._done.wait()  # let the failed client finish its teardown
+                await asyncio.shield(self._done)  # let the failed client finish its teardown
                 return
             if state.is_terminal:
                 return
@@ -519,7 +526,8 @@ class Client:
         self._emit(Closed(code, reason))
         await self._teardown("client closed")
         assert self._done is not None
-        self._done.set()
+        if not self._done.done():
+            self._done.set_result(None)
 
     async def _teardown(self, why: str) -> None:
         self._requests.fail_all(ClientClosedError(f"no reply: {why}"))
@@ -829,8 +837,12 @@ class Client:
 
     def _on_transition(self, old: ConnectionState, event: Event, new: ConnectionState) -> None:
         self._log.debug("state %s --%s--> %s", old.value, event.value, new.value)
-        if self._state_changed is not None:
-            self._state_changed.set()
+        waiters = self._state_waiters
+        if waiters:
+            self._state_waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     # ------------------------------------------------------------------ supervisor
 
@@ -935,7 +947,8 @@ class Client:
             self._callback_tasks.discard(current)
         await self._teardown("client failed")
         assert self._done is not None
-        self._done.set()
+        if not self._done.done():
+            self._done.set_result(None)
 
     async def _close_transport(self, transport: Transport) -> None:
         """Polite close on client request, bounded by ``close_timeout``; abort follows regardless."""
