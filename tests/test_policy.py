@@ -123,3 +123,9 @@ def test_retry_after_raises_the_delay_even_above_the_cap() -> None:
     backoff = Backoff(Reconnect(initial_delay=0.1, max_delay=1.0, jitter=0))
     assert backoff.next_delay(retry_after=3.0) == 3.0
     assert backoff.next_delay(retry_after=0.01) == 0.2
+
+
+def test_fatal_codes_apply_to_server_closes_only() -> None:
+    # The client itself closed with 1007 because the server sent invalid UTF-8: worth a retry.
+    assert classify(TransportClosed(1007, "invalid start byte", by_peer=False), POLICY).retry
+    assert not classify(TransportClosed(1007, "bad data", by_peer=True), POLICY).retry

@@ -966,7 +966,8 @@ class Client:
         cause: BaseException | None = None
         now = time.monotonic()
         liveness = self._liveness = Liveness(self._config.heartbeat, now)
-        if self._counters.connects:
+        if conn_id > 1:
+            # Any earlier connection, open or not, may have delivered frames.
             self._inbox.append(_RECONNECT)
         hb = self._config.heartbeat
         try:

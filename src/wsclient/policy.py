@@ -43,13 +43,18 @@ def classify(cause: BaseException, policy: Reconnect) -> Verdict:
 
     Fatal: configuration errors, TLS verification failures, handshake statuses in
     ``policy.fatal_statuses`` (401/403/404 by default) and close codes in ``policy.fatal_close_codes``
-    (1002/1003/1007/1008/1010 by default). Everything else is retried: refused or reset connections,
-    timeouts, dead links, other close codes (a server's 1000 included, since the application did not
-    ask to close), 5xx and malformed handshakes. ``Retry-After`` on a rejection is carried along.
+    (1002/1003/1007/1008/1010 by default) when the server sent them. Everything else is retried:
+    refused or reset connections, timeouts, dead links, other close codes (a server's 1000 included,
+    since the application did not ask to close), 5xx and malformed handshakes. ``Retry-After`` on a
+    rejection is carried along.
     """
     reason = describe(cause)
     if isinstance(cause, TransportClosed):
-        return Verdict(retry=cause.code not in policy.fatal_close_codes, reason=reason, close_code=cause.code)
+        # The fatal codes are the server's verdict on us. A close the client sent itself (1007 for
+        # a server's invalid UTF-8, 1002 for garbage, 1009 for an oversized frame) says the server
+        # misbehaved once, which a new connection may well not repeat.
+        fatal = cause.by_peer and cause.code in policy.fatal_close_codes
+        return Verdict(retry=not fatal, reason=reason, close_code=cause.code)
     if isinstance(cause, HandshakeRejected):
         return Verdict(
             retry=cause.status not in policy.fatal_statuses,

@@ -89,14 +89,18 @@ class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 def connection_secrets(url: str, headers: Mapping[str, str]) -> list[str]:
-    """Every value of a connection that could be a credential: header and query values, the password.
+    """The credentials of a connection: secret-looking header and query values, the URL password.
 
-    Transport backends mask these exact strings in their libraries' debug logs, on top of the
-    pattern-based masking of :func:`redact_text`.
+    Transport backends mask these exact strings in their libraries' debug logs and in handshake
+    errors, on top of the pattern-based masking of :func:`redact_text`. Harmless values
+    (``symbol=BTC-USD``, ``X-Client-Id``) are left readable.
     """
     parts = urlsplit(url)
-    values = [v for _, v in parse_qsl(parts.query)] + list(headers.values())
-    values += [v.split(" ", 1)[-1] for v in headers.values()]  # the token of "Bearer <token>"
+    values = [v for k, v in parse_qsl(parts.query) if _SECRET_PARAM.search(k)]
+    for name, value in headers.items():
+        if name.lower() in _SECRET_HEADERS or _SECRET_PARAM.search(name):
+            values.append(value)
+            values.append(value.split(" ", 1)[-1])  # the token of "Bearer <token>"
     if parts.password:
         values.append(unquote(parts.password))
     return values

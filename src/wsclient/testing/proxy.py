@@ -38,6 +38,10 @@ _CHUNK = 64 * 1024
 # Bounds what a stalled direction buffers (up to 4 MiB) while still letting
 # latency * throughput worth of data be in flight.
 _QUEUE_CHUNKS = 64
+# Receive buffer of the proxy's client-side sockets.
+_KERNEL_BUFFER = 64 * 1024
+# Chunks read ahead of a bandwidth-limited direction.
+_SLOW_READ_AHEAD = 2
 # Bandwidth is released in slices of 1/50 s worth of bytes so the receiver sees data
 # trickle in at the configured rate instead of arriving in bursts.
 _SLICES_PER_SECOND = 50
@@ -238,6 +242,11 @@ class ChaosProxy:
             self._accepting = False
             raise
         self._bound_port = int(self._server.sockets[0].getsockname()[1])
+        for sock in self._server.sockets:
+            # Accepted sockets inherit this. Loopback would otherwise let the kernel absorb
+            # megabytes ahead of a bandwidth limit, hiding from the client how slowly its upload
+            # really drains; a modest buffer is what a real slow link looks like from the sender.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _KERNEL_BUFFER)
 
     async def stop(self) -> None:
         """Stop listening, close every live connection with a FIN and wait until all the
@@ -586,6 +595,10 @@ class ChaosProxy:
             if from_upstream:
                 conn.last_upstream_rx = now
             await queue.put((now, data))
+            # A bandwidth-limited link does not swallow megabytes ahead of its rate: keep the
+            # read-ahead small, so the sender's own buffers fill and drain at the link's pace.
+            while self._bandwidth is not None and queue.qsize() >= _SLOW_READ_AHEAD:
+                await self._changed.wait(0.01)
 
     async def _pump_out(
         self,

@@ -12,11 +12,13 @@ open WebSocket). Backends normalise their library's errors into wsclient's:
 from __future__ import annotations
 
 import ssl
+import struct
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, Protocol
 
-__all__ = ["ConnectOptions", "Connector", "Data", "FrameSink", "Transport"]
+__all__ = ["ConnectOptions", "Connector", "Data", "FrameSink", "Transport", "kernel_send_queue"]
 
 Data = str | bytes
 
@@ -71,3 +73,25 @@ class Transport(Protocol):
 
 
 Connector = Callable[[ConnectOptions], Awaitable[Transport]]
+
+
+def kernel_send_queue(sock: object) -> int:
+    """Bytes the kernel still holds in ``sock``'s send queue (Linux ``SIOCOUTQ``); 0 where unknown.
+
+    An upload on a slow link sits mostly in the kernel, not in asyncio's buffer: watching this queue
+    shrink is how the heartbeat tells a busy link from a dead one.
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    fileno = getattr(sock, "fileno", None)
+    if fileno is None:
+        return 0
+    try:
+        import fcntl
+        import termios
+
+        raw = fcntl.ioctl(fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0
+    value: int = struct.unpack("i", raw)[0]
+    return value

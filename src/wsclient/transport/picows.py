@@ -48,8 +48,8 @@ from picows import (
 from websockets.headers import build_authorization_basic
 
 from ..errors import ConfigError, HandshakeFailed, HandshakeRejected, TransportClosed
-from ..redact import RedactingLogger, connection_secrets
-from .base import ConnectOptions, Data, FrameSink
+from ..redact import RedactingLogger, connection_secrets, redact_text
+from .base import ConnectOptions, Data, FrameSink, kernel_send_queue
 
 __all__ = ["PicowsTransport", "connect"]
 
@@ -434,7 +434,8 @@ class PicowsTransport:
             self._ws.disconnect(graceful=False)
 
     def write_buffer_size(self) -> int:
-        return int(self._ws.underlying_transport.get_write_buffer_size())
+        transport = self._ws.underlying_transport
+        return int(transport.get_write_buffer_size()) + kernel_send_queue(transport.get_extra_info("socket"))
 
 
 class _Dialer:
@@ -541,7 +542,8 @@ async def connect(options: ConnectOptions) -> PicowsTransport:
             # The URI itself stays out of the message: it may carry a token.
             raise ConfigError("url is not a valid WebSocket URI: use ws(s)://host[:port]/path") from None
         if isinstance(exc, WSHandshakeError):
-            raise HandshakeFailed(f"invalid handshake: {exc}") from exc
+            # The server's words may quote our own headers back: mask them.
+            raise HandshakeFailed(redact_text(f"invalid handshake: {exc}", secrets)) from None
         raise
     if not isinstance(listener, _Listener):
         # picows returns without a listener when the connection closed before the response.
@@ -558,5 +560,5 @@ async def connect(options: ConnectOptions) -> PicowsTransport:
         problem = "server negotiated an extension, which was not offered"
     if problem is not None:
         ws.disconnect(graceful=False)
-        raise HandshakeFailed(f"invalid handshake: {problem}")
+        raise HandshakeFailed(redact_text(f"invalid handshake: {problem}", secrets))
     return PicowsTransport(ws, listener, subprotocol)

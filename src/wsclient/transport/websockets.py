@@ -16,8 +16,8 @@ from websockets.exceptions import (
 )
 
 from ..errors import ConfigError, HandshakeFailed, HandshakeRejected, TransportClosed
-from ..redact import RedactingLogger, connection_secrets
-from .base import ConnectOptions, Data, FrameSink
+from ..redact import RedactingLogger, connection_secrets, redact_text
+from .base import ConnectOptions, Data, FrameSink, kernel_send_queue
 
 __all__ = ["WebsocketsTransport", "connect"]
 
@@ -61,7 +61,17 @@ class WebsocketsTransport:
 
     async def ping(self, payload: bytes) -> Awaitable[float]:
         try:
-            return await self._ws.ping(payload)
+            pong = await self._ws.ping(payload)
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+        return self._pong(pong)
+
+    @staticmethod
+    async def _pong(pong: Awaitable[float]) -> float:
+        # websockets fails a pending pong with its own ConnectionClosed when the link closes;
+        # the interface promises TransportClosed, with the close code the supervisor classifies.
+        try:
+            return await pong
         except ConnectionClosed as exc:
             raise _closed(exc) from None
 
@@ -72,7 +82,8 @@ class WebsocketsTransport:
         self._ws.transport.abort()
 
     def write_buffer_size(self) -> int:
-        return self._ws.transport.get_write_buffer_size()
+        transport = self._ws.transport
+        return transport.get_write_buffer_size() + kernel_send_queue(transport.get_extra_info("socket"))
 
 
 async def connect(options: ConnectOptions) -> WebsocketsTransport:
@@ -108,5 +119,7 @@ async def connect(options: ConnectOptions) -> WebsocketsTransport:
         # The URI itself stays out of the message: it may carry a token.
         raise ConfigError("url is not a valid WebSocket URI: use ws(s)://host[:port]/path") from None
     except InvalidHandshake as exc:
-        raise HandshakeFailed(f"invalid handshake: {exc}") from exc
+        # The server's words may quote our own headers back (a key in a bad accept header): mask.
+        secrets = connection_secrets(options.url, options.headers)
+        raise HandshakeFailed(redact_text(f"invalid handshake: {exc}", secrets)) from None
     return WebsocketsTransport(ws)
