@@ -702,14 +702,18 @@ class Client:
             return None
         inbox = self._inbox
         inbox.append(data)
+        if self._dispatch_waiter is not None:
+            self._wake_dispatcher()
+        if len(inbox) >= self._inbox_limit:
+            return self._inbox_full()
+        return None
+
+    def _wake_dispatcher(self) -> None:
         waiter = self._dispatch_waiter
         if waiter is not None:
             self._dispatch_waiter = None
             if not waiter.done():
                 waiter.set_result(None)
-        if len(inbox) >= self._inbox_limit:
-            return self._inbox_full()
-        return None
 
     def _inbox_full(self) -> Awaitable[None] | None:
         policy = self._config.inbound_overflow
@@ -969,6 +973,7 @@ class Client:
         if conn_id > 1:
             # Any earlier connection, open or not, may have delivered frames.
             self._inbox.append(_RECONNECT)
+            self._wake_dispatcher()
         hb = self._config.heartbeat
         try:
             async with asyncio.TaskGroup() as group:
