@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck install clean peers
+.PHONY: test lint typecheck install clean peers bench demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# wsclient's main job in a minute, no network: a fake feed, a fault-injecting proxy, a live view.
+demo: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,cli]'
+	$(BIN)/wsclient demo
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff format --check src tests examples benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
@@ -28,6 +33,25 @@ peers:
 
 test: lint typecheck peers
 	$(BIN)/python -m pytest
+
+# Benchmarks against the peers (not part of `make test`): benchmarks/results/latest.md + PNG charts.
+# `make bench QUICK=1` for 100k messages and 3 rounds; N=... messages; BENCH_ARGS="--only throughput".
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.run $(if $(QUICK),--quick) $(if $(N),--n $(N)) $(BENCH_ARGS)
+
+# Chaos soak (not part of `make test`, which runs a 30 s one): prints the report, fails on a broken check.
+# `make soak DURATION=600 SEED=7`.
+.PHONY: soak
+DURATION ?= 600
+SEED ?= 1
+soak: $(STAMP)
+	$(BIN)/python -m wsclient.testing.soak --duration $(DURATION) --seed $(SEED)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

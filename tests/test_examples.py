@@ -13,6 +13,25 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # What each example must print: proof that it did its job, not only that it exited.
 EXPECTED = {
     "quickstart.py": ["Connected(", "code=1012", "reconnect=True", "connects=2"],
+    "market_data_feeder.py": [
+        "connected (reconnect=True)",
+        "missed, across a reconnect) -> resync this stream",
+        "last prices: BTC-USD ",
+        "reconnects=1 ",
+        "invalid=0",
+    ],
+    "trading_bot.py": [
+        "first order acknowledged in",
+        "paused trading: connection closed with code 1006",
+        "resumed trading",
+        "pauses=1 ",
+        "connects=2 requests_pending=0",
+    ],
+    "behind_nginx.py": [
+        "disconnected: connection closed with code 1006",
+        "with heartbeat: the proxy cut the link 0 time(s), 0 disconnect(s)",
+        "refused at construction: heartbeat.interval",
+    ],
 }
 
 
