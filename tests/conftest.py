@@ -10,6 +10,8 @@ import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from wsclient import Client, ClientEvent
+
 Handler = Callable[["TestServer", ServerConnection], Awaitable[None]]
 
 
@@ -172,3 +174,26 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     connector = get_connector(name)
     monkeypatch.setattr("wsclient.client.get_connector", lambda _name: connector)
     return name
+
+
+class Recorder:
+    """Collects a client's events and lets a test wait for one, event-driven and bounded."""
+
+    def __init__(self, client: Client) -> None:
+        self.events: list[ClientEvent] = []
+        self._changed = asyncio.Event()
+        client.on_event(self._record)
+
+    def _record(self, event: ClientEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def of(self, kind: type) -> list[ClientEvent]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    async def wait_for(self, kind: type, count: int = 1, timeout: float = 5.0) -> list[ClientEvent]:
+        async with asyncio.timeout(timeout):
+            while len(self.of(kind)) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.of(kind)

@@ -32,8 +32,7 @@ from wsclient import (
 )
 from wsclient.testing import ChaosProxy
 
-from .conftest import poll_until
-from .test_client import Recorder
+from .conftest import Recorder, poll_until
 
 FAST = Reconnect(initial_delay=0.01, max_delay=0.05, jitter=0, reset_after=0.5)
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"

@@ -16,7 +16,6 @@ from wsclient import (
     Client,
     ClientClosedError,
     ClientConfig,
-    ClientEvent,
     Connected,
     ConnectFailed,
     ConnectionState,
@@ -32,7 +31,7 @@ from wsclient import (
     TransportClosed,
 )
 
-from .conftest import Collector, TestServer, poll_until
+from .conftest import Collector, Recorder, TestServer, poll_until
 
 # Every test here runs on each transport backend (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("backend")
@@ -52,29 +51,6 @@ def fast_config(**overrides: object) -> ClientConfig:
     }
     values.update(overrides)
     return ClientConfig(**values)  # type: ignore[arg-type]
-
-
-class Recorder:
-    """Collects events and lets a test wait for one, event-driven."""
-
-    def __init__(self, client: Client) -> None:
-        self.events: list[ClientEvent] = []
-        self._changed = asyncio.Event()
-        client.on_event(self._record)
-
-    def _record(self, event: ClientEvent) -> None:
-        self.events.append(event)
-        self._changed.set()
-
-    def of(self, kind: type) -> list[ClientEvent]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    async def wait_for(self, kind: type, count: int = 1, timeout: float = 5.0) -> list[ClientEvent]:
-        async with asyncio.timeout(timeout):
-            while len(self.of(kind)) < count:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.of(kind)
 
 
 async def test_connect_send_receive_close(server: TestServer) -> None:

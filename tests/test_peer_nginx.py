@@ -18,8 +18,8 @@ import pytest
 
 from wsclient import Client, ClientConfig, Connected, Disconnected, Heartbeat, HeartbeatMissed, Reconnect
 
-from .conftest import Collector, TestServer
-from .peers import Recorder, free_port, require_binary, stop_process, wait_for_port
+from .conftest import Collector, Recorder, TestServer
+from .peers import free_port, require_binary, stop_process, wait_for_port
 
 # Every test here runs on each transport backend (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("backend")

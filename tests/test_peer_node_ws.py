@@ -30,7 +30,8 @@ from wsclient import (
     TransportClosed,
 )
 
-from .peers import PEERS_DIR, Recorder, missing, require_binary, stop_process
+from .conftest import Recorder
+from .peers import PEERS_DIR, missing, require_binary, stop_process
 
 # Every test here runs on each transport backend (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("backend")

@@ -28,8 +28,7 @@ from wsclient import (
     Reconnecting,
 )
 
-from .conftest import Collector, poll_until
-from .peers import Recorder
+from .conftest import Collector, Recorder, poll_until
 
 # Every test here runs on each transport backend (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("backend")

@@ -26,9 +26,8 @@ from wsclient import (
     Reconnect,
 )
 
-from .conftest import TestServer
+from .conftest import Recorder, TestServer
 from .test_bad_input import MakeRaw, RawPeer, RawServer, Script
-from .test_client import Recorder
 
 MakeServer = Callable[..., Awaitable[TestServer]]
 

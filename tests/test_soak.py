@@ -30,8 +30,8 @@ from wsclient.testing.soak import (
     run_soak,
 )
 
-from .conftest import TestServer, poll_until
-from .test_client import Recorder, fast_config
+from .conftest import Recorder, TestServer, poll_until
+from .test_client import fast_config
 
 SEED = 5
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import ssl
 import sys
 import time
@@ -25,17 +24,11 @@ from websockets.headers import build_authorization_basic
 from websockets.http11 import Request, Response
 
 from wsclient import (
-    Client,
     ClientConfig,
     ConfigError,
-    Connected,
-    ConnectionState,
-    Disconnected,
-    GaveUpError,
     HandshakeFailed,
     HandshakeRejected,
     Heartbeat,
-    HeartbeatMissed,
     Reconnect,
     TransportClosed,
 )
@@ -45,7 +38,6 @@ from wsclient.transport.picows import PicowsTransport
 from wsclient.transport.picows import connect as picows_connect
 
 from .conftest import TestServer, poll_until
-from .test_client import Recorder
 
 MakeServer = Callable[..., Awaitable[TestServer]]
 
@@ -626,158 +618,6 @@ def test_config_checks_that_picows_is_installed(monkeypatch: pytest.MonkeyPatch)
         ClientConfig(transport="picows")
 
 
-# -- parity: the client's core behaviours on picows --------------------------------------------
-
-
-async def test_client_send_receive_close(server: TestServer) -> None:
-    client = Client(server.url, config=fast_config())
-    got: list[Data] = []
-    client.on_message(got.append)
-    async with client:
-        await client.wait_open(2)
-        await client.send({"op": "hello"})
-        await client.send(b"\x00\x01")
-        await server.wait_until(lambda: len(server.received) == 2)
-        await poll_until(lambda: len(got) == 2)
-    assert client.state is ConnectionState.CLOSED
-    assert got == server.received == ['{"op":"hello"}', b"\x00\x01"]
-    await server.wait_until(lambda: server.connections[0].close_code is not None)
-    assert server.connections[0].close_code == 1000
-
-
-async def test_client_server_restart_replays_subscriptions_in_order(server: TestServer) -> None:
-    client = Client(server.url, config=fast_config())
-    client.subscribe({"op": "subscribe", "channel": "trades"})
-    client.subscribe({"op": "subscribe", "channel": "book"})
-    client.subscribe("third")
-    recorder = Recorder(client)
-    async with client:
-        await server.wait_until(lambda: len(server.received) == 3)
-        await server.stop(close_code=1012)
-        await server.start()
-        await recorder.wait_for(Connected, 2)
-        await server.wait_until(lambda: len(server.received) == 6)
-    subs = ['{"op":"subscribe","channel":"trades"}', '{"op":"subscribe","channel":"book"}', "third"]
-    assert server.received == subs + subs
-    lost = recorder.of(Disconnected)[0]
-    assert isinstance(lost, Disconnected) and lost.code == 1012 and lost.will_retry
-    assert server.peak == 1
-
-
-async def test_client_half_open_link_is_detected(server: TestServer) -> None:
-    from wsclient.testing import ChaosProxy
-
-    interval, timeout = 0.05, 0.1
-    async with ChaosProxy("127.0.0.1", server.port) as proxy:
-        config = fast_config(heartbeat=Heartbeat(interval=interval, timeout=timeout))
-        client = Client(proxy.url("/ws"), config=config)
-        client.subscribe("sub")
-        recorder = Recorder(client)
-        async with client:
-            await client.wait_open(2)
-            await server.wait_until(lambda: server.received == ["sub"])
-            proxy.blackhole(True)
-            cut = time.monotonic()
-            await recorder.wait_for(Disconnected, 1)
-            detected = time.monotonic() - cut
-            proxy.blackhole(False)
-            await recorder.wait_for(Connected, 2)
-            await server.wait_until(lambda: server.received == ["sub", "sub"])
-        lost = recorder.of(Disconnected)[0]
-        assert isinstance(lost, Disconnected) and "no pong" in lost.reason and lost.will_retry
-        assert detected <= interval + timeout + 0.5, detected
-
-
-async def test_client_slow_handler_blocks_reading_without_false_dead_link(make_server: MakeServer) -> None:
-    total = 30
-
-    async def stream(server: TestServer, ws: ServerConnection) -> None:
-        for i in range(total):
-            await ws.send(json.dumps({"seq": i}))
-        await ws.wait_closed()
-
-    server = await make_server(stream)
-    heartbeat = Heartbeat(interval=0.02, timeout=0.04)
-    client = Client(server.url, config=fast_config(heartbeat=heartbeat, inbound_queue=2))
-    recorder = Recorder(client)
-    got: list[int] = []
-    done = asyncio.Event()
-
-    async def handler(frame: Data) -> None:
-        seq = json.loads(frame)["seq"]
-        if seq in (0, 15):
-            await asyncio.sleep(5 * heartbeat.timeout)  # a slow handler is the point of this test
-        got.append(seq)
-        if len(got) == total:
-            done.set()
-
-    client.on_message(handler)
-    async with client:
-        async with asyncio.timeout(10):
-            await done.wait()
-    assert got == list(range(total))
-    assert recorder.of(Disconnected) == []
-    assert [e for e in recorder.of(HeartbeatMissed) if e.fatal] == []  # type: ignore[attr-defined]
-    assert client.stats.connects == 1 and server.total == 1
-
-
-@pytest.mark.parametrize(("code", "fatal"), [(1008, True), (1012, False)])
-async def test_client_close_codes_follow_the_policy(make_server: MakeServer, code: int, fatal: bool) -> None:
-    async def close_first(server: TestServer, ws: ServerConnection) -> None:
-        if server.total == 1:
-            await ws.close(code, "policy")
-        else:
-            await ws.wait_closed()
-
-    server = await make_server(close_first)
-    client = Client(server.url, config=fast_config())
-    recorder = Recorder(client)
-    await client.start()
-    try:
-        if fatal:
-            with pytest.raises(GaveUpError) as info:
-                async with asyncio.timeout(5):
-                    await client.wait_closed()
-            assert isinstance(info.value.cause, TransportClosed) and info.value.cause.code == code
-        else:
-            await recorder.wait_for(Connected, 2)
-    finally:
-        await client.close()
-    lost = recorder.of(Disconnected)[0]
-    assert isinstance(lost, Disconnected) and lost.code == code and lost.will_retry is not fatal
-
-
-async def test_client_handshake_401_is_fatal(server: TestServer) -> None:
-    server.reject = (401, {})
-    client = Client(server.url, config=fast_config())
-    await client.start()
-    with pytest.raises(GaveUpError, match="HTTP 401") as info:
-        async with asyncio.timeout(5):
-            await client.wait_closed()
-    assert isinstance(info.value.cause, HandshakeRejected) and info.value.fatal
-
-
-async def test_client_tls_verification_failure_is_fatal(tls: tuple[trustme.CA, ssl.SSLContext]) -> None:
-    _, server_context = tls
-    async with recording_server(ssl=server_context) as (url, _):
-        client = Client(url.replace("ws://", "wss://"), config=fast_config())
-        await client.start()
-        with pytest.raises(GaveUpError) as info:
-            async with asyncio.timeout(5):
-                await client.wait_closed()
-    assert info.value.fatal and isinstance(info.value.cause, ssl.SSLCertVerificationError)
-
-
-async def test_client_missed_pong_declares_dead_and_reconnects(make_server: MakeServer) -> None:
-    async def deaf(server: TestServer, ws: ServerConnection) -> None:
-        if server.total == 1:
-            ws.transport.pause_reading()
-        await ws.wait_closed()
-
-    server = await make_server(deaf)
-    client = Client(server.url, config=fast_config())
-    recorder = Recorder(client)
-    async with client:
-        await recorder.wait_for(Connected, 2)
-    lost = recorder.of(Disconnected)[0]
-    assert isinstance(lost, Disconnected) and lost.code is None and "no pong" in lost.reason
+# The client's behaviours on picows (reconnect and replay, half-open links, slow handlers, close
+# codes, handshake and TLS failures, missed pongs) are covered by the parametrised suite: every test
+# of test_client.py, test_typed.py and the real-peer modules runs on both backends.

@@ -18,11 +18,8 @@ from typing import NoReturn
 
 import pytest
 
-from wsclient import Client, ClientEvent
-
 __all__ = [
     "PEERS_DIR",
-    "Recorder",
     "find_binary",
     "free_port",
     "missing",
@@ -111,26 +108,3 @@ async def stop_process(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
-
-
-class Recorder:
-    """Collects a client's events and lets a test wait for one, event-driven."""
-
-    def __init__(self, client: Client) -> None:
-        self.events: list[ClientEvent] = []
-        self._changed = asyncio.Event()
-        client.on_event(self._record)
-
-    def _record(self, event: ClientEvent) -> None:
-        self.events.append(event)
-        self._changed.set()
-
-    def of(self, kind: type) -> list[ClientEvent]:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    async def wait_for(self, kind: type, count: int = 1, timeout: float = 5.0) -> list[ClientEvent]:
-        async with asyncio.timeout(timeout):
-            while len(self.of(kind)) < count:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.of(kind)
