@@ -119,6 +119,37 @@ def goals(results: Results) -> list[dict[str, Any]]:
                         name,
                     )
                 )
+    # The fast transport's own goals: twice the websockets baseline, and 0.9x of bare picows doing
+    # the same validation (what is left for wsclient to cost on top of the faster transport).
+    fast = "wsclient-picows-typed-sync"
+    if tp and has_runs(tp, fast) and has_runs(tp, BASELINE):
+        ratio = paired(tp[fast], tp[BASELINE], "rate", "/")
+        if ratio is not None:
+            out.append(
+                _goal(
+                    "picows_vs_baseline",
+                    "typed throughput [picows transport], fast-backend goal",
+                    "≥ 2.00× baseline",
+                    f"{ratio:.3f}×",
+                    ratio >= 2.0,
+                    f"{(ratio - 2.0):+.3f}× vs target",
+                    tp[fast]["label"],
+                )
+            )
+        if has_runs(tp, "picows"):
+            vs_bare = paired(tp[fast], tp["picows"], "rate", "/")
+            if vs_bare is not None:
+                out.append(
+                    _goal(
+                        "picows_vs_bare_picows",
+                        "typed throughput [picows transport] vs bare picows + validate_json",
+                        "≥ 0.90× bare picows",
+                        f"{vs_bare:.3f}×",
+                        vs_bare >= 0.9,
+                        f"{(vs_bare - 0.9):+.3f}× vs target",
+                        tp[fast]["label"],
+                    )
+                )
     lat = results.get("latency", {}).get("rows", {})
     if lat and has_runs(lat, BASELINE):
         for key, suffix in ((typed_key(lat), ""), ("wsclient-picows-typed-sync", " [picows transport]")):

@@ -338,6 +338,22 @@ def profiles(server: ServerProc, results: dict[str, Any], args: argparse.Namespa
         result = run_client(spec, spec["timeout"] + 30)
         if result.get("ok"):
             made.append({"goal": "throughput", "path": path.name, "variant": key})
+    if missed & {"picows_vs_baseline", "picows_vs_bare_picows"}:
+        key = "wsclient-picows-typed-sync"
+        path = RESULTS / f"profile-throughput-{key}.txt"
+        spec = {
+            "measure": "throughput",
+            "variant": key,
+            "url": server.url("/stream"),
+            "n": args.n,
+            "timeout": max(90.0, args.n / 2000),
+            "profile": str(path),
+        }
+        log(f"profile: {key} throughput under pyinstrument → {rel(path)}")
+        server.drain()
+        result = run_client(spec, spec["timeout"] + 30)
+        if result.get("ok"):
+            made.append({"goal": "throughput [picows transport]", "path": path.name, "variant": key})
     if "latency_p99" in missed:
         key = report.typed_key(results.get("latency", {}).get("rows", {}))
         path = RESULTS / f"profile-latency-{key}.txt"
