@@ -317,13 +317,22 @@ def measure_idle(server: ServerProc, args: argparse.Namespace) -> dict[str, Any]
     return {"conns": conns, "cpu_window": window, "memory": mem.as_dict(), "cpu": cpu.as_dict()}
 
 
+PICOWS_TYPED = "wsclient-picows-typed-sync"
+
+
 def profiles(server: ServerProc, results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, str]]:
     """Profile the hot path of every wsclient row whose goal was missed (one extra run each)."""
     made: list[dict[str, str]] = []
     goals = report.goals(results)
     missed = {g["id"] for g in goals if g["met"] is False}
-    if missed & {"throughput_ratio", "wrapper_cost"}:
-        key = report.typed_key(results.get("throughput", {}).get("rows", {}))
+    throughput_profiles = (
+        ({"throughput_ratio", "wrapper_cost"}, "throughput", None),
+        ({"picows_vs_baseline", "picows_vs_bare_picows"}, "throughput [picows transport]", PICOWS_TYPED),
+    )
+    for goal_ids, goal, variant in throughput_profiles:
+        if not missed & goal_ids:
+            continue
+        key = variant or report.typed_key(results.get("throughput", {}).get("rows", {}))
         path = RESULTS / f"profile-throughput-{key}.txt"
         spec = {
             "measure": "throughput",
@@ -337,23 +346,7 @@ def profiles(server: ServerProc, results: dict[str, Any], args: argparse.Namespa
         server.drain()
         result = run_client(spec, spec["timeout"] + 30)
         if result.get("ok"):
-            made.append({"goal": "throughput", "path": path.name, "variant": key})
-    if missed & {"picows_vs_baseline", "picows_vs_bare_picows"}:
-        key = "wsclient-picows-typed-sync"
-        path = RESULTS / f"profile-throughput-{key}.txt"
-        spec = {
-            "measure": "throughput",
-            "variant": key,
-            "url": server.url("/stream"),
-            "n": args.n,
-            "timeout": max(90.0, args.n / 2000),
-            "profile": str(path),
-        }
-        log(f"profile: {key} throughput under pyinstrument → {rel(path)}")
-        server.drain()
-        result = run_client(spec, spec["timeout"] + 30)
-        if result.get("ok"):
-            made.append({"goal": "throughput [picows transport]", "path": path.name, "variant": key})
+            made.append({"goal": goal, "path": path.name, "variant": key})
     if "latency_p99" in missed:
         key = report.typed_key(results.get("latency", {}).get("rows", {}))
         path = RESULTS / f"profile-latency-{key}.txt"
