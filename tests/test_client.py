@@ -731,3 +731,24 @@ async def test_event_callbacks_see_the_new_state(server: TestServer) -> None:
         ("Connected", ConnectionState.OPEN),
     ]
     assert seen[-1] == ("Closed", ConnectionState.CLOSED)
+
+
+async def test_seconds_since_last_inbound_survives_a_reconnect(server: TestServer) -> None:
+    client = Client(server.url, config=fast_config())
+    assert client.stats.seconds_since_last_inbound is None
+    recorder = Recorder(client)
+    collector = Collector()
+    client.on_message(collector)
+    async with client:
+        await client.wait_open(2)
+        assert client.stats.seconds_since_last_inbound is None  # nothing received yet
+        await client.send("x")
+        await collector.wait_for(1)
+        first = client.stats.seconds_since_last_inbound
+        assert first is not None and 0 <= first < 5
+        await server.stop()
+        await client.wait_state(lambda s: s is not ConnectionState.OPEN, 2)
+        between = client.stats.seconds_since_last_inbound
+        assert between is not None and between >= first
+        await server.start()
+        await recorder.wait_for(Connected, 2)

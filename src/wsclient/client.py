@@ -398,6 +398,9 @@ class Client:
         """A snapshot of the counters."""
         c = self._counters
         last = self._last_inbound
+        liveness = self._liveness
+        if liveness is not None and liveness.frames_in:
+            last = liveness.last_inbound
         return ClientStats(
             connects=c.connects,
             reconnects=max(0, c.connects - 1),
@@ -689,7 +692,6 @@ class Client:
     def _on_frame(self, data: Data) -> Awaitable[None] | None:
         """Reader → dispatcher hand-over; runs once per inbound frame."""
         now = time.monotonic()
-        self._last_inbound = now
         liveness = self._liveness
         if liveness is not None:
             liveness.last_inbound = now
@@ -898,6 +900,9 @@ class Client:
                     finally:
                         transport.abort()
                         self._transport = None
+                        if self._liveness is not None and self._liveness.frames_in:
+                            # Kept for stats between connections; while one is open, liveness has it.
+                            self._last_inbound = self._liveness.last_inbound
                         self._liveness = None
 
                 verdict = classify(cause, self._config.reconnect)
