@@ -16,13 +16,21 @@ install_nginx() {
         echo "peers: nginx is not installed and cannot be (needs root and apt-get): nginx tests will not run" >&2
         return 0
     fi
-    apt-get update -qq
-    local package=""
-    for candidate in nginx-light nginx; do
-        if apt-cache policy "$candidate" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-            package=$candidate
-            break
-        fi
+    local package="" attempt policy_out
+    # An index fetch can fail with only a warning and exit 0, leaving no candidate: three attempts.
+    for attempt in 1 2 3; do
+        apt-get update -qq || true
+        for candidate in nginx-light nginx; do
+            # Captured first: `apt-cache ... | grep -q` under pipefail fails whenever grep exits
+            # before apt-cache has written everything (SIGPIPE), which made this test flaky.
+            policy_out=$(apt-cache policy "$candidate" 2>/dev/null || true)
+            if [[ $policy_out == *"Candidate: "[0-9]* ]]; then
+                package=$candidate
+                break 2
+            fi
+        done
+        echo "peers: no nginx candidate after apt-get update (attempt $attempt of 3)" >&2
+        sleep $((attempt * 5))
     done
     if [ -z "$package" ]; then
         echo "peers: no nginx package found by apt-cache" >&2
