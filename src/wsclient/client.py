@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 from pydantic import BaseModel
 
@@ -83,6 +83,30 @@ class _ReconnectMark:
 
 
 _RECONNECT = _ReconnectMark()
+
+
+class _Deliverer(Protocol):
+    """Takes one frame; returns what is left to await (see :attr:`Router.dispatch`)."""
+
+    dispatch: Callable[[Data], Awaitable[None] | None]
+
+
+class _Callbacks:
+    """The :class:`_Deliverer` for a client with ``on_message`` callbacks: ``Client._process``."""
+
+    __slots__ = ("dispatch",)
+
+    def __init__(self, dispatch: Callable[[Data], Awaitable[None] | None]) -> None:
+        self.dispatch = dispatch
+
+
+class _Deferred:
+    """Put in the inbound queue for a frame whose sync part ran inline: the rest, to be awaited."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self, pending: Awaitable[None]) -> None:
+        self.pending = pending
 
 
 class _LinkDown(Exception):
@@ -164,7 +188,7 @@ class _Counters:
         "dropped_out",
         "handler_errors",
         "heartbeat_misses",
-        "messages_in",
+        "messages_in",  # and bytes_in: of ended connections (the current one's are in its Liveness)
         "messages_out",
     )
 
@@ -232,10 +256,15 @@ class Client:
             requests=self._requests,
         )
         self._routing = False
+        # Who takes a frame inline (see _frame_sink): the router alone, or _process when on_message
+        # callbacks come first, or None while nothing listens. _inline is _target while the
+        # dispatcher is parked on an empty queue, else None: the reader's one test per frame.
+        self._target: _Deliverer | None = None
+        self._inline: _Deliverer | None = None
 
         # Inbound: reader → deque → dispatcher. The dispatcher parks on a future only when the deque
         # is empty, so a burst costs one wake-up, not one per frame.
-        self._inbox: deque[Data | _ReconnectMark] = deque()
+        self._inbox: deque[Data | _ReconnectMark | _Deferred] = deque()
         self._dispatch_waiter: asyncio.Future[None] | None = None
         self._space_waiter: asyncio.Future[None] | None = None
         self._inbox_limit = self._config.inbound_queue
@@ -280,6 +309,7 @@ class Client:
         inbound queue fills).
         """
         self._message_callbacks.append(callback)
+        self._update_target()
         return callback
 
     def on(
@@ -318,13 +348,13 @@ class Client:
         registration = self._router.register(
             model, handler, match=match, in_thread=in_thread, seq_key=seq_key, tag=tag
         )
-        self._routing = True
+        self._route()
         return registration
 
     def on_unknown(self, callback: Callable[[Data], Any]) -> Callable[[Data], Any]:
         """Register ``callback(frame)`` for frames that no registered model claims."""
         self._unknown_callbacks.append(callback)
-        self._routing = True
+        self._route()
         return callback
 
     def on_gap(self, callback: Callable[[SequenceGap], Any]) -> Callable[[SequenceGap], Any]:
@@ -399,14 +429,18 @@ class Client:
         c = self._counters
         last = self._last_inbound
         liveness = self._liveness
-        if liveness is not None and liveness.frames_in:
-            last = liveness.last_inbound
+        messages_in, bytes_in = c.messages_in, c.bytes_in
+        if liveness is not None:
+            messages_in += liveness.frames_in
+            bytes_in += liveness.bytes_in
+            if liveness.frames_in:
+                last = liveness.last_inbound
         return ClientStats(
             connects=c.connects,
             reconnects=max(0, c.connects - 1),
             connect_failures=c.connect_failures,
-            messages_in=c.messages_in,
-            bytes_in=c.bytes_in,
+            messages_in=messages_in,
+            bytes_in=bytes_in,
             messages_out=c.messages_out,
             bytes_out=c.bytes_out,
             last_rtt=self._liveness.last_rtt if self._liveness is not None else None,
@@ -543,6 +577,7 @@ class Client:
         final ``Closed``/``GaveUp`` event can run), then they are cancelled.
         """
         self._drop_outbox(why)
+        self._dispatch_waiter = self._inline = None  # now, not when the dispatcher's finally runs
         if self._dispatcher is not None:
             self._dispatcher.cancel()
         if self._callback_tasks:
@@ -612,7 +647,7 @@ class Client:
     ) -> Any:
         request_id, frame = self._requests.prepare(message, self._codec)
         future = self._requests.create(request_id)
-        self._routing = True
+        self._route()
         try:
             await send(frame)
             async with asyncio.timeout(timeout):
@@ -689,31 +724,44 @@ class Client:
 
     # ------------------------------------------------------------------ inbound hot path
 
-    def _on_frame(self, data: Data) -> Awaitable[None] | None:
-        """Reader → dispatcher hand-over; runs once per inbound frame."""
-        now = time.monotonic()
-        liveness = self._liveness
-        if liveness is not None:
-            liveness.last_inbound = now
-            liveness.frames_in += 1
-        c = self._counters
-        c.messages_in += 1
-        c.bytes_in += len(data)
+    def _frame_sink(self) -> Callable[[Data], Awaitable[None] | None]:
+        """The reader's hand-over for one connection, called once per inbound frame.
+
+        The transport has counted the frame in the connection's Liveness already. Delivers it at
+        once when nothing is queued, else queues it for the dispatcher. A closure, so that the hot
+        path reads locals.
+        """
+        client = self
         watch = self._pong_watch
-        if watch is not None and watch.waiting and watch.check(data):
-            return None
         inbox = self._inbox
-        inbox.append(data)
-        if self._dispatch_waiter is not None:
-            self._wake_dispatcher()
-        if len(inbox) >= self._inbox_limit:
-            return self._inbox_full()
-        return None
+        limit = self._inbox_limit
+
+        def on_frame(data: Data) -> Awaitable[None] | None:
+            if watch is not None and watch.waiting and watch.check(data):
+                return None
+            target = client._inline
+            if target is not None:
+                # Nothing is queued and no handler is running: deliver now. Sync handlers block the
+                # event loop wherever they run, so running them here changes neither order nor
+                # liveness, and saves the queue hop (and picows' pause/hold cycle under load). What
+                # must be awaited goes to the dispatcher: the reader never waits on application code.
+                pending = target.dispatch(data)
+                if pending is not None:
+                    inbox.append(_Deferred(pending))
+                    client._wake_dispatcher()
+                return None
+            inbox.append(data)
+            if len(inbox) >= limit:
+                return client._inbox_full()
+            return None
+
+        return on_frame
 
     def _wake_dispatcher(self) -> None:
         waiter = self._dispatch_waiter
         if waiter is not None:
             self._dispatch_waiter = None
+            self._inline = None
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -728,11 +776,12 @@ class Client:
         if policy == "drop_newest":
             dropped = inbox.pop()  # the frame just appended, never a reconnect mark
         else:
-            dropped = inbox.popleft()
-            if dropped is _RECONNECT:  # keep the boundary, drop the first frame after it
-                dropped = inbox.popleft()
-                inbox.appendleft(_RECONNECT)
-        assert not isinstance(dropped, _ReconnectMark)
+            # The oldest frame: reconnect marks and deferred handlers at the head stay in place.
+            for index, dropped in enumerate(inbox):
+                if dropped.__class__ is str or dropped.__class__ is bytes:
+                    del inbox[index]
+                    break
+        assert isinstance(dropped, str | bytes)
         self._counters.dropped_in += 1
         self._emit(MessageDropped("in", "inbound queue full", dropped))
         return None
@@ -749,35 +798,85 @@ class Client:
             waiter.set_result(None)
 
     async def _dispatch_loop(self) -> None:
-        # Any: the reconnect mark is told apart by identity below, cheaper than isinstance().
+        # Any: marks are told apart by identity and class below, cheaper than isinstance().
         inbox: deque[Any] = self._inbox
         loop = asyncio.get_running_loop()
-        callbacks = self._message_callbacks
-        dispatch = self._router.dispatch
-        while True:
-            if not inbox:
-                waiter = self._dispatch_waiter = loop.create_future()
-                await waiter
-                continue
-            data = inbox.popleft()
-            if self._space_waiter is not None and len(inbox) <= self._inbox_low:
-                self._space_available()
-            if data is _RECONNECT:
-                # Here, in arrival order, and not when the socket opened: frames of the old
-                # connection still queued must not count as the new connection's first.
-                self._router.sequences.mark_reconnect()
-                continue
-            for callback in callbacks:
-                try:
-                    result = callback(data)
-                    if result is not None and inspect.isawaitable(result):
-                        await result
-                except Exception as exc:
-                    self._handler_error(data, exc)
-            if self._routing:
-                pending = dispatch(data)
+        process = self._process
+        try:
+            while True:
+                if not inbox:
+                    waiter = self._dispatch_waiter = loop.create_future()
+                    self._inline = self._target
+                    await waiter
+                    continue
+                data = inbox.popleft()
+                if self._space_waiter is not None and len(inbox) <= self._inbox_low:
+                    self._space_available()
+                if data is _RECONNECT:
+                    # Here, in arrival order, and not when the socket opened: frames of the old
+                    # connection still queued must not count as the new connection's first.
+                    self._router.sequences.mark_reconnect()
+                    continue
+                pending = data.pending if data.__class__ is _Deferred else process(data)
                 if pending is not None:
                     await pending
+        finally:
+            # No inline delivery once the dispatcher is gone (close() drops what is still queued).
+            self._dispatch_waiter = self._inline = None
+
+    def _route(self) -> None:
+        if not self._routing:
+            self._routing = True
+            self._update_target()
+
+    def _update_target(self) -> None:
+        if self._message_callbacks:
+            self._target = _Callbacks(self._process)
+        elif self._routing:
+            self._target = self._router
+        else:
+            self._target = None
+        if self._dispatch_waiter is not None:
+            self._inline = self._target
+
+    def _process(self, data: Data) -> Awaitable[None] | None:
+        """Deliver one frame to the ``on_message`` callbacks, then the router; never raises.
+
+        Sync work runs now. Returns ``None`` when everything ran, else an awaitable for the rest (an
+        async callback or handler, and whatever follows it), which must complete before the next frame
+        is delivered: that is what keeps frames in arrival order.
+        """
+        callbacks = self._message_callbacks
+        if callbacks:
+            for index, callback in enumerate(callbacks):
+                try:
+                    result = callback(data)
+                except Exception as exc:
+                    self._handler_error(data, exc)
+                    continue
+                if result is not None and inspect.isawaitable(result):
+                    return self._finish_frame(data, result, index + 1)
+        if self._routing:
+            return self._router.dispatch(data)
+        return None
+
+    async def _finish_frame(self, data: Data, result: Awaitable[Any], start: int) -> None:
+        """The rest of :meth:`_process` after an async ``on_message`` callback."""
+        try:
+            await result
+        except Exception as exc:
+            self._handler_error(data, exc)
+        for callback in self._message_callbacks[start:]:
+            try:
+                result = callback(data)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                self._handler_error(data, exc)
+        if self._routing:
+            pending = self._router.dispatch(data)
+            if pending is not None:
+                await pending
 
     def _routing_error(self, item: object, exc: BaseException) -> None:
         # The router has counted and (for handler errors) logged it already.
@@ -900,9 +999,15 @@ class Client:
                     finally:
                         transport.abort()
                         self._transport = None
-                        if self._liveness is not None and self._liveness.frames_in:
-                            # Kept for stats between connections; while one is open, liveness has it.
-                            self._last_inbound = self._liveness.last_inbound
+                        liveness = self._liveness
+                        if liveness is not None:
+                            # While a connection runs, the transport counts into its liveness (one
+                            # count per frame on the hot path, not two); the totals take them now.
+                            self._counters.messages_in += liveness.frames_in
+                            self._counters.bytes_in += liveness.bytes_in
+                            if liveness.frames_in:
+                                # Kept for stats between connections.
+                                self._last_inbound = liveness.last_inbound
                         self._liveness = None
 
                 verdict = classify(cause, self._config.reconnect)
@@ -982,7 +1087,7 @@ class Client:
         hb = self._config.heartbeat
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._reader(transport), name=f"wsclient-reader-{conn_id}")
+                group.create_task(self._reader(transport, liveness), name=f"wsclient-reader-{conn_id}")
                 if hb.mode != "off":
                     group.create_task(
                         self._pinger(transport, liveness, conn_id), name=f"wsclient-ping-{conn_id}"
@@ -1046,9 +1151,9 @@ class Client:
                 await self._send_on(transport, self._encode(sub.message))
         self._replay_done = True
 
-    async def _reader(self, transport: Transport) -> None:
+    async def _reader(self, transport: Transport, liveness: Liveness) -> None:
         try:
-            await transport.pump(self._on_frame)
+            await transport.pump(self._frame_sink(), liveness)
         except TransportClosed as exc:
             raise _LinkDown(exc) from None
         except Exception as exc:  # a backend bug must still end in a reconnect, not a hang

@@ -37,17 +37,19 @@ class Verdict(enum.Enum):
 class Liveness:
     """Per-connection liveness facts and the decisions drawn from them.
 
-    The reader updates :attr:`last_inbound` and :attr:`frames_in` for every frame; the inbound queue
-    sets :attr:`blocked` while it holds the reader back.
+    It is the transport's :class:`~wsclient.transport.base.InboundMeter`: the transport counts every
+    message in :attr:`frames_in` and :attr:`bytes_in` and stamps :attr:`last_inbound` once per read;
+    the inbound queue sets :attr:`blocked` while it holds the reader back.
     """
 
-    __slots__ = ("blocked", "frames_in", "last_inbound", "last_ping", "last_rtt", "settings")
+    __slots__ = ("blocked", "bytes_in", "frames_in", "last_inbound", "last_ping", "last_rtt", "settings")
 
     def __init__(self, settings: Heartbeat, now: float) -> None:
         self.settings = settings
         self.last_inbound = now
         self.last_ping = now
         self.frames_in = 0
+        self.bytes_in = 0
         self.blocked = False
         self.last_rtt: float | None = None
 

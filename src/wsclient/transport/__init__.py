@@ -6,9 +6,9 @@ matter of :func:`get_connector` and the ``ClientConfig.transport`` field.
 
 from __future__ import annotations
 
-from .base import ConnectOptions, Connector, FrameSink, Transport
+from .base import ConnectOptions, Connector, FrameSink, InboundMeter, Meter, Transport
 
-__all__ = ["ConnectOptions", "Connector", "FrameSink", "Transport", "get_connector"]
+__all__ = ["ConnectOptions", "Connector", "FrameSink", "InboundMeter", "Meter", "Transport", "get_connector"]
 
 
 def get_connector(name: str) -> Connector:

@@ -18,13 +18,48 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, Protocol
 
-__all__ = ["ConnectOptions", "Connector", "Data", "FrameSink", "Transport", "kernel_send_queue"]
+__all__ = [
+    "ConnectOptions",
+    "Connector",
+    "Data",
+    "FrameSink",
+    "InboundMeter",
+    "Meter",
+    "Transport",
+    "kernel_send_queue",
+]
 
 Data = str | bytes
 
 #: Called by :meth:`Transport.pump` for every inbound message, in order. It returns ``None`` to keep
 #: reading, or an awaitable the pump must wait on before reading more (the inbound queue is full).
 FrameSink = Callable[[Data], Awaitable[None] | None]
+
+
+class InboundMeter(Protocol):
+    """What a transport records about the messages it receives (the supervisor passes its Liveness).
+
+    The backend keeps these up to date itself rather than leaving it to the sink: it can read the
+    clock once per read of the socket instead of once per message, on the hot path.
+    """
+
+    frames_in: int
+    """Messages received (control frames not included)."""
+    bytes_in: int
+    """Their total size as ``len()`` of the payload: bytes of binary messages, characters of text."""
+    last_inbound: float
+    """``time.monotonic()`` when the latest read that carried a message was received."""
+
+
+class Meter:
+    """An :class:`InboundMeter` on its own, for a pump whose caller passes none."""
+
+    __slots__ = ("bytes_in", "frames_in", "last_inbound")
+
+    def __init__(self) -> None:
+        self.frames_in = 0
+        self.bytes_in = 0
+        self.last_inbound = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +84,14 @@ class Transport(Protocol):
     def subprotocol(self) -> str | None:
         """The negotiated subprotocol, if any."""
 
-    async def pump(self, sink: FrameSink) -> NoReturn:
+    async def pump(self, sink: FrameSink, meter: InboundMeter | None = None) -> NoReturn:
         """Read whole messages forever and hand each to ``sink``; raise TransportClosed at the end.
 
-        The pump owns the receive loop so that a backend can deliver frames with no per-message
-        coroutine switch of its own (the hot path).
+        Every message is counted in ``meter`` when it is read (before the sink sees it, even if it
+        is held back), and ``meter.last_inbound`` is stamped at least once per read of the socket
+        that carries a message; control frames alone neither count nor stamp. The pump owns the
+        receive loop so that a backend can deliver frames with no per-message coroutine switch of
+        its own (the hot path).
         """
 
     async def send(self, data: Data) -> None:

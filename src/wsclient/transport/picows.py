@@ -49,7 +49,7 @@ from websockets.headers import build_authorization_basic
 
 from ..errors import ConfigError, HandshakeFailed, HandshakeRejected, TransportClosed
 from ..redact import RedactingLogger, connection_secrets, redact_text
-from .base import ConnectOptions, Data, FrameSink, kernel_send_queue
+from .base import ConnectOptions, Data, FrameSink, InboundMeter, Meter, kernel_send_queue
 
 __all__ = ["PicowsTransport", "connect"]
 
@@ -58,6 +58,7 @@ _BINARY = WSMsgType.BINARY
 _CONTINUATION = WSMsgType.CONTINUATION
 _PONG = WSMsgType.PONG
 _CLOSE = WSMsgType.CLOSE
+_monotonic = time.monotonic
 
 #: Messages held before pump() starts, before reading pauses (websockets' max_queue is 16 too). While
 #: a wait is pending reading is paused at once; what the current read already parsed is held.
@@ -73,8 +74,14 @@ class _Listener(WSListener):
         self._max_size = max_size
         self._sink: FrameSink | None = None
         # Messages parsed while no sink may be called: before pump() starts, or while a wait the sink
-        # returned is pending. None means "deliver directly" (the hot path tests only this).
+        # returned is pending. None means "deliver directly".
         self._held: deque[Data] | None = deque()
+        # The sink while messages go straight to it (a sink, nothing held, no fragment pending), else
+        # None: the one test on the hot path. _update_direct() keeps it in step.
+        self._direct: FrameSink | None = None
+        # Counted when parsed; the pump's meter replaces this one (and takes its counts).
+        self.meter: InboundMeter = Meter()
+        self._stamped_at = 0  # meter.frames_in when the clock was last read
         self._pending: asyncio.Future[None] | None = None
         self._own_pending = False
         self._drained: asyncio.Future[None] | None = None
@@ -97,9 +104,10 @@ class _Listener(WSListener):
         self.ws = transport
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        # Hot path: a whole text or binary message, no fragment pending, no close frame sent.
-        msg_type = frame.msg_type
-        if frame.fin and self._frag_type is None and not transport.is_close_frame_sent:
+        sink = self._direct
+        if sink is not None and frame.fin and not transport.is_close_frame_sent:
+            # Hot path: a whole text or binary message, straight to the sink.
+            msg_type = frame.msg_type
             if msg_type is _TEXT:
                 try:
                     data: Data = frame.get_payload_as_utf8_text()
@@ -111,19 +119,21 @@ class _Listener(WSListener):
             else:
                 self._slow_frame(transport, frame, msg_type)
                 return
-            held = self._held  # from here on, _deliver() inlined
-            if held is None:
-                wait = self._sink(data)  # type: ignore[misc]  # _held is None only while a sink is set
-                if wait is not None:
-                    self._held = deque()
-                    self._pause_reading()
-                    self._block(wait)
-            else:
-                held.append(data)
-                if len(held) >= _HOLD_LIMIT:
-                    self._pause_reading()
+            meter = self.meter
+            meter.frames_in += 1
+            meter.bytes_in += len(data)
+            if frame.last_in_buffer:
+                # One clock read per socket read: its messages all arrived together.
+                meter.last_inbound = _monotonic()
+                self._stamped_at = meter.frames_in
+            wait = sink(data)
+            if wait is not None:
+                self._held = deque()
+                self._direct = None
+                self._pause_reading()
+                self._block(wait)
             return
-        self._slow_frame(transport, frame, msg_type)
+        self._slow_frame(transport, frame, frame.msg_type)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         exc = self.closed()
@@ -148,6 +158,15 @@ class _Listener(WSListener):
     # -- receive side ----------------------------------------------------------------------------
 
     def _slow_frame(self, transport: WSTransport, frame: WSFrame, msg_type: WSMsgType) -> None:
+        self._frame(transport, frame, msg_type)
+        meter = self.meter
+        if frame.last_in_buffer and meter.frames_in != self._stamped_at:
+            # The read ended on a frame off the hot path (a control frame, a fragment, a held or
+            # failed message): stamp it if it carried messages. A pong alone is no inbound traffic.
+            meter.last_inbound = _monotonic()
+            self._stamped_at = meter.frames_in
+
+    def _frame(self, transport: WSTransport, frame: WSFrame, msg_type: WSMsgType) -> None:
         if msg_type is _PONG or msg_type is _CLOSE:
             self._control(transport, frame, msg_type)
             return
@@ -161,7 +180,19 @@ class _Listener(WSListener):
             self._fail(1002, "expected a continuation frame")
             return
         elif msg_type is _TEXT or msg_type is _BINARY:
+            if frame.fin:  # a whole message off the hot path: held, or before pump()
+                if msg_type is _BINARY:
+                    self._deliver(frame.get_payload_as_bytes())
+                    return
+                try:
+                    text = frame.get_payload_as_utf8_text()
+                except UnicodeDecodeError as exc:
+                    self._fail(1007, f"invalid UTF-8 in a text frame: {exc.reason}")
+                    return
+                self._deliver(text)
+                return
             self._frag_type = msg_type
+            self._direct = None
         else:
             self._control(transport, frame, msg_type)
             return
@@ -177,6 +208,7 @@ class _Listener(WSListener):
         self._frag_type = None
         self._frags = []
         self._frag_size = 0
+        self._update_direct()
         if is_text:
             try:
                 data: Data = payload.decode()
@@ -188,12 +220,16 @@ class _Listener(WSListener):
         self._deliver(data)
 
     def _deliver(self, data: Data) -> None:
-        """Hand ``data`` to the sink, or hold it. (on_ws_frame has an inlined copy: the hot path.)"""
+        """Count ``data``, then hand it to the sink, or hold it. (on_ws_frame inlines the first.)"""
+        meter = self.meter
+        meter.frames_in += 1
+        meter.bytes_in += len(data)
         held = self._held
         if held is None:
             wait = self._sink(data)  # type: ignore[misc]  # _held is None only while a sink is set
             if wait is not None:
                 self._held = deque()
+                self._direct = None
                 self._pause_reading()
                 self._block(wait)
         else:
@@ -276,6 +312,7 @@ class _Listener(WSListener):
             self.error = exc
             self._fail(1011, "internal error")
         self._held = None
+        self._update_direct()
         ws = self.ws
         if self._reading_paused and ws is not None and not ws.is_disconnected:
             self._reading_paused = False
@@ -284,21 +321,38 @@ class _Listener(WSListener):
         if drained is not None and not drained.done():
             drained.set_result(None)
 
+    def _update_direct(self) -> None:
+        if self._sink is not None and self._held is None and self._frag_type is None:
+            self._direct = self._sink
+        else:
+            self._direct = None
+
     def _pause_reading(self) -> None:
         ws = self.ws
         if not self._reading_paused and ws is not None and not ws.is_disconnected:
             self._reading_paused = True
             ws.underlying_transport.pause_reading()
 
-    def attach(self, sink: FrameSink) -> None:
+    def attach(self, sink: FrameSink, meter: InboundMeter | None) -> None:
         """Start delivering to ``sink``: first what was held since the handshake."""
+        if meter is not None and meter is not self.meter:
+            # What was read before the pump started counts too.
+            early = self.meter
+            meter.frames_in += early.frames_in
+            meter.bytes_in += early.bytes_in
+            if early.frames_in:
+                meter.last_inbound = max(meter.last_inbound, early.last_inbound)
+            self.meter = meter
+            self._stamped_at = meter.frames_in
         self._sink = sink
+        self._update_direct()
         if self._held is not None and self._pending is None:
             self._drain()
 
     def detach(self) -> None:
         """Stop delivering: later messages are held and reading pauses, until attach() again."""
         self._sink = None
+        self._direct = None
         if self._held is None:
             self._held = deque()
         pending = self._pending
@@ -317,6 +371,7 @@ class _Listener(WSListener):
         if self._sink is None:
             self._held = None
             self._sink = _discard
+            self._update_direct()
             ws = self.ws
             if self._reading_paused and ws is not None and not ws.is_disconnected:
                 self._reading_paused = False
@@ -369,9 +424,9 @@ class PicowsTransport:
     def subprotocol(self) -> str | None:
         return self._subprotocol
 
-    async def pump(self, sink: FrameSink) -> NoReturn:
+    async def pump(self, sink: FrameSink, meter: InboundMeter | None = None) -> NoReturn:
         listener = self._listener
-        listener.attach(sink)
+        listener.attach(sink, meter)
         try:
             try:
                 await self._ws.wait_disconnected()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any, NoReturn
 
@@ -17,7 +18,7 @@ from websockets.exceptions import (
 
 from ..errors import ConfigError, HandshakeFailed, HandshakeRejected, TransportClosed
 from ..redact import RedactingLogger, connection_secrets, redact_text
-from .base import ConnectOptions, Data, FrameSink, kernel_send_queue
+from .base import ConnectOptions, Data, FrameSink, InboundMeter, Meter, kernel_send_queue
 
 __all__ = ["WebsocketsTransport", "connect"]
 
@@ -43,11 +44,19 @@ class WebsocketsTransport:
     def subprotocol(self) -> str | None:
         return self._ws.subprotocol
 
-    async def pump(self, sink: FrameSink) -> NoReturn:
+    async def pump(self, sink: FrameSink, meter: InboundMeter | None = None) -> NoReturn:
         recv = self._ws.recv
+        if meter is None:
+            meter = Meter()
+        monotonic = time.monotonic
         try:
             while True:
-                wait = sink(await recv())
+                data = await recv()
+                # websockets hides its reads: stamp every message.
+                meter.last_inbound = monotonic()
+                meter.frames_in += 1
+                meter.bytes_in += len(data)
+                wait = sink(data)
                 if wait is not None:
                     await wait
         except ConnectionClosed as exc:
