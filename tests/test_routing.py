@@ -613,6 +613,76 @@ def test_cancel_unregisters_idempotently_and_rebuilds() -> None:
     assert "cancelled" in repr(reg_b)
 
 
+def test_a_dispatch_reference_kept_across_registrations_stays_correct() -> None:
+    router, hooks = make_router()
+    trades: list[int] = []
+    router.register(Trade, lambda m: trades.append(m.t))
+    kept = router.dispatch
+    kept(trade(1))  # compiles the tables for Trade alone
+    compiled = router.dispatch
+    assert compiled is not kept
+
+    depths: list[int] = []
+    registration = router.register(Depth, lambda m: depths.append(m.u))
+    compiled('{"e":"depthUpdate","s":"BTCUSDT","u":7}')  # stale: hands over, rebuilds
+    assert depths == [7]
+    registration.cancel()
+    compiled(trade(2))
+    compiled('{"e":"depthUpdate","s":"BTCUSDT","u":8}')  # unclaimed again
+    assert trades == [1, 2]
+    assert depths == [7]
+    assert hooks.unknown == ['{"e":"depthUpdate","s":"BTCUSDT","u":8}']
+    assert router.stats.handled == 3
+
+
+async def test_a_compiled_dispatch_sees_requests_made_after_fail_all() -> None:
+    tracker = RequestTracker()
+    router, _ = make_router(requests=tracker)
+    router.register(Trade, print)
+    router.rebuild()  # the compiled dispatch binds the tracker's table of pending requests
+    for round_ in range(2):
+        router.connection_lost(ConnectionError("gone"))  # with nothing pending, then with one
+        request_id = tracker.next_id()
+        future = tracker.create(request_id)
+        router.dispatch(json.dumps({"result": "ok", "id": request_id}))
+        assert future.done()
+        assert (await future)["result"] == "ok"
+        assert router.stats.replies == round_ + 1
+        lost = tracker.create(tracker.next_id())
+        router.connection_lost(ConnectionError("gone"))
+        with pytest.raises(ConnectionError):
+            await lost
+
+
+def test_single_sync_handler_fast_path_and_general_path_agree() -> None:
+    router, hooks = make_router()
+    seen: list[tuple[str, int]] = []
+
+    def seq(msg: Depth) -> tuple[str, int]:
+        return msg.s, msg.u
+
+    router.register(Trade, lambda m: seen.append(("trade", m.t)))  # one sync handler: fast path
+    router.register(Depth, lambda m: seen.append(("depth", m.u)), seq_key=seq)  # general path
+    router.register(AggTrade, lambda m: seen.append(("agg1", 0)))
+    router.register(AggTrade, lambda m: seen.append(("agg2", 0)))  # two handlers: general path
+
+    def failing(msg: Trade) -> None:
+        raise RuntimeError("handler bug")
+
+    router.dispatch(trade(1))
+    router.dispatch('{"e":"depthUpdate","s":"X","u":1}')
+    router.dispatch('{"e":"depthUpdate","s":"X","u":3}')  # a gap
+    router.dispatch('{"e":"aggTrade","s":"X","p":"1"}')
+    router.register(Trade, failing).cancel()
+    only = router.register(Depth, failing)
+    router.dispatch('{"e":"depthUpdate","s":"X","u":4}')
+    only.cancel()
+    assert seen == [("trade", 1), ("depth", 1), ("depth", 3), ("agg1", 0), ("agg2", 0), ("depth", 4)]
+    assert router.stats.handled == 5
+    assert router.stats.handler_errors == 1
+    assert [type(exc) for _, exc in hooks.errors] == [RuntimeError]
+
+
 def test_changing_only_handlers_keeps_the_validator() -> None:
     router, _ = make_router()
     router.register(Trade, print)

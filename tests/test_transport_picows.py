@@ -33,7 +33,7 @@ from wsclient import (
     TransportClosed,
 )
 from wsclient.transport import get_connector
-from wsclient.transport.base import ConnectOptions, Data, FrameSink
+from wsclient.transport.base import ConnectOptions, Data, FrameSink, Meter
 from wsclient.transport.picows import PicowsTransport
 from wsclient.transport.picows import connect as picows_connect
 
@@ -575,9 +575,14 @@ async def test_messages_before_pump_are_held_in_order(make_server: MakeServer) -
         # Nobody reads yet: after a few held messages the backend stops reading from the socket.
         await poll_until(lambda: not transport._ws.underlying_transport.is_reading())
         sink = Sink()
-        pump = asyncio.create_task(transport.pump(sink))
+        meter = Meter()
+        pump = asyncio.create_task(transport.pump(sink, meter))
         got = await sink.wait_for(total)
         assert got == [f"w{i}" for i in range(total)]
+        # Counted when read, before the pump existed: the pump's meter took those counts over.
+        assert meter.frames_in == total
+        assert meter.bytes_in == sum(len(f"w{i}") for i in range(total))
+        assert meter.last_inbound > 0
         await poll_until(transport._ws.underlying_transport.is_reading)
     finally:
         transport.abort()

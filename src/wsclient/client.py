@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel
 
@@ -58,7 +58,7 @@ from .policy import Backoff, classify, describe
 from .redact import redact_url
 from .routing import RequestTracker, Router, SequenceGap
 from .state import ConnectionState, Event, StateMachine
-from .transport import ConnectOptions, Connector, Transport, get_connector
+from .transport import ConnectOptions, Connector, InlineTarget, Transport, get_connector
 
 __all__ = ["Client", "Connection", "Subscription"]
 
@@ -85,19 +85,53 @@ class _ReconnectMark:
 _RECONNECT = _ReconnectMark()
 
 
-class _Deliverer(Protocol):
-    """Takes one frame; returns what is left to await (see :attr:`Router.dispatch`)."""
-
-    dispatch: Callable[[Data], Awaitable[None] | None]
-
-
 class _Callbacks:
-    """The :class:`_Deliverer` for a client with ``on_message`` callbacks: ``Client._process``."""
+    """The inline target of a client with ``on_message`` callbacks: ``Client._process``."""
 
     __slots__ = ("dispatch",)
 
     def __init__(self, dispatch: Callable[[Data], Awaitable[None] | None]) -> None:
         self.dispatch = dispatch
+
+
+class _FrameSink:
+    """The reader's hand-over (a :class:`~wsclient.transport.base.Sink`), one per client.
+
+    While the dispatcher is parked on an empty queue, :attr:`inline` is the client's target and the
+    transport delivers to it directly: sync handlers block the event loop wherever they run, so
+    running them from the reader changes neither order nor liveness, and saves the queue hop (and
+    picows' pause/hold cycle under load). What must be awaited comes back through :meth:`defer` and
+    goes to the dispatcher, so the reader never waits on application code. Otherwise frames are
+    queued for the dispatcher through :meth:`__call__`.
+    """
+
+    __slots__ = ("_client", "inline")
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self.inline: InlineTarget | None = None
+
+    def __call__(self, data: Data) -> Awaitable[None] | None:
+        client = self._client
+        watch = client._pong_watch
+        if watch is not None and watch.waiting and watch.check(data):
+            return None
+        target = client._target
+        if client._dispatch_waiter is not None and target is not None:
+            pending = target.dispatch(data)
+            if pending is not None:
+                self.defer(pending)
+            return None
+        inbox = client._inbox
+        inbox.append(data)
+        if len(inbox) >= client._inbox_limit:
+            return client._inbox_full()
+        return None
+
+    def defer(self, pending: Awaitable[None]) -> None:
+        client = self._client
+        client._inbox.append(_Deferred(pending))
+        client._wake_dispatcher()
 
 
 class _Deferred:
@@ -211,8 +245,10 @@ class Client:
     Create it with the URL and a :class:`~wsclient.ClientConfig`, register callbacks and
     subscriptions, then ``async with client:`` (or ``await client.start()`` … ``await client.close()``).
     The client connects in the background, keeps the link alive with its heartbeat, reconnects with
-    bounded backoff when the link dies, replays subscriptions, and delivers every inbound frame to
-    ``on_message`` callbacks from a dispatcher task that never blocks the reader.
+    bounded backoff when the link dies, replays subscriptions, and delivers every inbound frame, in
+    order, to ``on_message`` callbacks and typed handlers without ever making the reader wait on them:
+    sync handlers run as soon as a frame is read when nothing is queued ahead of it, async ones on a
+    dispatcher task, with the frames read meanwhile queued behind them.
 
     ``headers`` are sent with every handshake; credentials in them and in the URL's query string never
     appear in logs, reprs or events.
@@ -256,11 +292,11 @@ class Client:
             requests=self._requests,
         )
         self._routing = False
-        # Who takes a frame inline (see _frame_sink): the router alone, or _process when on_message
-        # callbacks come first, or None while nothing listens. _inline is _target while the
-        # dispatcher is parked on an empty queue, else None: the reader's one test per frame.
-        self._target: _Deliverer | None = None
-        self._inline: _Deliverer | None = None
+        # Who takes a frame inline: the router alone, or _process when on_message callbacks come
+        # first, or None while nothing listens. The sink's inline target is _target while the
+        # dispatcher is parked on an empty queue (see _FrameSink), else None.
+        self._target: InlineTarget | None = None
+        self._sink = _FrameSink(self)
 
         # Inbound: reader → deque → dispatcher. The dispatcher parks on a future only when the deque
         # is empty, so a burst costs one wake-up, not one per frame.
@@ -304,9 +340,10 @@ class Client:
     def on_message(self, callback: Callable[[Data], Any]) -> Callable[[Data], Any]:
         """Register ``callback(frame)`` for every inbound frame (str or bytes); sync or async.
 
-        Usable as a decorator. Callbacks run in arrival order on the dispatcher task; an async one is
-        awaited before the next frame, so keep slow work off it (the reader is never held up, but the
-        inbound queue fills).
+        Usable as a decorator. Callbacks run in arrival order, before typed handlers. A sync one runs
+        as soon as the frame is read when nothing is queued ahead of it; an async one is awaited on
+        the dispatcher task before the next frame, so keep slow work off it (the reader is never held
+        up, but the inbound queue fills).
         """
         self._message_callbacks.append(callback)
         self._update_target()
@@ -577,7 +614,7 @@ class Client:
         final ``Closed``/``GaveUp`` event can run), then they are cancelled.
         """
         self._drop_outbox(why)
-        self._dispatch_waiter = self._inline = None  # now, not when the dispatcher's finally runs
+        self._dispatch_waiter = self._sink.inline = None  # now, not when the dispatcher's finally runs
         if self._dispatcher is not None:
             self._dispatcher.cancel()
         if self._callback_tasks:
@@ -724,44 +761,15 @@ class Client:
 
     # ------------------------------------------------------------------ inbound hot path
 
-    def _frame_sink(self) -> Callable[[Data], Awaitable[None] | None]:
-        """The reader's hand-over for one connection, called once per inbound frame.
-
-        The transport has counted the frame in the connection's Liveness already. Delivers it at
-        once when nothing is queued, else queues it for the dispatcher. A closure, so that the hot
-        path reads locals.
-        """
-        client = self
-        watch = self._pong_watch
-        inbox = self._inbox
-        limit = self._inbox_limit
-
-        def on_frame(data: Data) -> Awaitable[None] | None:
-            if watch is not None and watch.waiting and watch.check(data):
-                return None
-            target = client._inline
-            if target is not None:
-                # Nothing is queued and no handler is running: deliver now. Sync handlers block the
-                # event loop wherever they run, so running them here changes neither order nor
-                # liveness, and saves the queue hop (and picows' pause/hold cycle under load). What
-                # must be awaited goes to the dispatcher: the reader never waits on application code.
-                pending = target.dispatch(data)
-                if pending is not None:
-                    inbox.append(_Deferred(pending))
-                    client._wake_dispatcher()
-                return None
-            inbox.append(data)
-            if len(inbox) >= limit:
-                return client._inbox_full()
-            return None
-
-        return on_frame
+    def _set_inline(self, target: InlineTarget | None) -> None:
+        # In message heartbeat mode every frame must pass the pong check in _FrameSink.__call__.
+        self._sink.inline = target if self._pong_watch is None else None
 
     def _wake_dispatcher(self) -> None:
         waiter = self._dispatch_waiter
         if waiter is not None:
             self._dispatch_waiter = None
-            self._inline = None
+            self._sink.inline = None
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -806,7 +814,7 @@ class Client:
             while True:
                 if not inbox:
                     waiter = self._dispatch_waiter = loop.create_future()
-                    self._inline = self._target
+                    self._set_inline(self._target)
                     await waiter
                     continue
                 data = inbox.popleft()
@@ -822,7 +830,7 @@ class Client:
                     await pending
         finally:
             # No inline delivery once the dispatcher is gone (close() drops what is still queued).
-            self._dispatch_waiter = self._inline = None
+            self._dispatch_waiter = self._sink.inline = None
 
     def _route(self) -> None:
         if not self._routing:
@@ -837,7 +845,7 @@ class Client:
         else:
             self._target = None
         if self._dispatch_waiter is not None:
-            self._inline = self._target
+            self._set_inline(self._target)
 
     def _process(self, data: Data) -> Awaitable[None] | None:
         """Deliver one frame to the ``on_message`` callbacks, then the router; never raises.
@@ -1153,7 +1161,7 @@ class Client:
 
     async def _reader(self, transport: Transport, liveness: Liveness) -> None:
         try:
-            await transport.pump(self._frame_sink(), liveness)
+            await transport.pump(self._sink, liveness)
         except TransportClosed as exc:
             raise _LinkDown(exc) from None
         except Exception as exc:  # a backend bug must still end in a reconnect, not a hang

@@ -6,9 +6,30 @@ matter of :func:`get_connector` and the ``ClientConfig.transport`` field.
 
 from __future__ import annotations
 
-from .base import ConnectOptions, Connector, FrameSink, InboundMeter, Meter, Transport
+from .base import (
+    ConnectOptions,
+    Connector,
+    FrameSink,
+    InboundMeter,
+    InlineTarget,
+    Meter,
+    Sink,
+    Transport,
+    as_sink,
+)
 
-__all__ = ["ConnectOptions", "Connector", "FrameSink", "InboundMeter", "Meter", "Transport", "get_connector"]
+__all__ = [
+    "ConnectOptions",
+    "Connector",
+    "FrameSink",
+    "InboundMeter",
+    "InlineTarget",
+    "Meter",
+    "Sink",
+    "Transport",
+    "as_sink",
+    "get_connector",
+]
 
 
 def get_connector(name: str) -> Connector:

@@ -24,8 +24,11 @@ __all__ = [
     "Data",
     "FrameSink",
     "InboundMeter",
+    "InlineTarget",
     "Meter",
+    "Sink",
     "Transport",
+    "as_sink",
     "kernel_send_queue",
 ]
 
@@ -34,6 +37,54 @@ Data = str | bytes
 #: Called by :meth:`Transport.pump` for every inbound message, in order. It returns ``None`` to keep
 #: reading, or an awaitable the pump must wait on before reading more (the inbound queue is full).
 FrameSink = Callable[[Data], Awaitable[None] | None]
+
+
+class InlineTarget(Protocol):
+    """Whatever takes a message straight from the pump: the client's router, say."""
+
+    dispatch: Callable[[Data], Awaitable[None] | None]
+    """Deliver one message; never raises. Returns ``None``, or an awaitable for the rest of the work."""
+
+
+class Sink(Protocol):
+    """What :meth:`Transport.pump` delivers to: a :data:`FrameSink` with an optional shortcut.
+
+    For every message the pump reads :attr:`inline`. When it is set, the pump calls
+    ``inline.dispatch(data)`` itself and hands an awaitable it returns to :meth:`defer`, without
+    waiting for it; otherwise it calls the sink. The shortcut saves one Python call per message,
+    and the receiver switches it on and off as it pleases (the client: while nothing is queued).
+    """
+
+    inline: InlineTarget | None
+
+    def __call__(self, data: Data) -> Awaitable[None] | None:
+        """Take one message; return ``None``, or an awaitable to wait on before reading more."""
+
+    def defer(self, pending: Awaitable[None]) -> None:
+        """Take the awaitable that ``inline.dispatch`` returned; it must finish before later messages."""
+
+
+class _CallableSink:
+    """A plain :data:`FrameSink` as a :class:`Sink` without the shortcut."""
+
+    __slots__ = ("_call", "inline")
+
+    def __init__(self, call: FrameSink) -> None:
+        self._call = call
+        self.inline: InlineTarget | None = None
+
+    def __call__(self, data: Data) -> Awaitable[None] | None:
+        return self._call(data)
+
+    def defer(self, pending: Awaitable[None]) -> None:
+        raise RuntimeError("a plain sink has no inline target, so nothing can be deferred to it")
+
+
+def as_sink(sink: Sink | FrameSink) -> Sink:
+    """``sink`` itself if it is a :class:`Sink`, else the plain callable wrapped as one."""
+    if hasattr(sink, "inline") and hasattr(sink, "defer"):
+        return sink  # type: ignore[return-value]
+    return _CallableSink(sink)
 
 
 class InboundMeter(Protocol):
@@ -84,8 +135,10 @@ class Transport(Protocol):
     def subprotocol(self) -> str | None:
         """The negotiated subprotocol, if any."""
 
-    async def pump(self, sink: FrameSink, meter: InboundMeter | None = None) -> NoReturn:
+    async def pump(self, sink: Sink | FrameSink, meter: InboundMeter | None = None) -> NoReturn:
         """Read whole messages forever and hand each to ``sink``; raise TransportClosed at the end.
+
+        A :class:`Sink`'s inline target is used whenever it is set; a plain callable is just called.
 
         Every message is counted in ``meter`` when it is read (before the sink sees it, even if it
         is held back), and ``meter.last_inbound`` is stamped at least once per read of the socket

@@ -49,7 +49,7 @@ from websockets.headers import build_authorization_basic
 
 from ..errors import ConfigError, HandshakeFailed, HandshakeRejected, TransportClosed
 from ..redact import RedactingLogger, connection_secrets, redact_text
-from .base import ConnectOptions, Data, FrameSink, InboundMeter, Meter, kernel_send_queue
+from .base import ConnectOptions, Data, FrameSink, InboundMeter, Meter, Sink, as_sink, kernel_send_queue
 
 __all__ = ["PicowsTransport", "connect"]
 
@@ -68,17 +68,42 @@ _HOLD_LIMIT = 16
 class _Listener(WSListener):
     """picows callbacks → whole messages → the sink. All receive-side state of one connection."""
 
+    # Slots: attribute reads on the hot path are cheaper than through an instance dict, and an idle
+    # connection is smaller.
+    __slots__ = (
+        "_direct",
+        "_drained",
+        "_failed",
+        "_frag_size",
+        "_frag_type",
+        "_frags",
+        "_held",
+        "_late",
+        "_max_size",
+        "_own_pending",
+        "_pending",
+        "_reading_paused",
+        "_sink",
+        "_stamped_at",
+        "app_closing",
+        "error",
+        "meter",
+        "pings",
+        "write_waiter",
+        "ws",
+    )
+
     def __init__(self, max_size: int | None) -> None:
         super().__init__()
         self.ws: WSTransport | None = None
         self._max_size = max_size
-        self._sink: FrameSink | None = None
+        self._sink: Sink | None = None
         # Messages parsed while no sink may be called: before pump() starts, or while a wait the sink
         # returned is pending. None means "deliver directly".
         self._held: deque[Data] | None = deque()
         # The sink while messages go straight to it (a sink, nothing held, no fragment pending), else
         # None: the one test on the hot path. _update_direct() keeps it in step.
-        self._direct: FrameSink | None = None
+        self._direct: Sink | None = None
         # Counted when parsed; the pump's meter replaces this one (and takes its counts).
         self.meter: InboundMeter = Meter()
         self._stamped_at = 0  # meter.frames_in when the clock was last read
@@ -126,6 +151,12 @@ class _Listener(WSListener):
                 # One clock read per socket read: its messages all arrived together.
                 meter.last_inbound = _monotonic()
                 self._stamped_at = meter.frames_in
+            target = sink.inline
+            if target is not None:
+                pending = target.dispatch(data)
+                if pending is not None:
+                    sink.defer(pending)
+                return
             wait = sink(data)
             if wait is not None:
                 self._held = deque()
@@ -333,7 +364,7 @@ class _Listener(WSListener):
             self._reading_paused = True
             ws.underlying_transport.pause_reading()
 
-    def attach(self, sink: FrameSink, meter: InboundMeter | None) -> None:
+    def attach(self, sink: Sink, meter: InboundMeter | None) -> None:
         """Start delivering to ``sink``: first what was held since the handshake."""
         if meter is not None and meter is not self.meter:
             # What was read before the pump started counts too.
@@ -370,7 +401,7 @@ class _Listener(WSListener):
         """Nobody will read any more: drop what is held and let reading run (to see the close)."""
         if self._sink is None:
             self._held = None
-            self._sink = _discard
+            self._sink = _DISCARD
             self._update_direct()
             ws = self.ws
             if self._reading_paused and ws is not None and not ws.is_disconnected:
@@ -410,6 +441,9 @@ def _discard(data: Data) -> None:
     return None
 
 
+_DISCARD = as_sink(_discard)
+
+
 class PicowsTransport:
     """A :class:`~wsclient.transport.base.Transport` over a picows connection."""
 
@@ -424,9 +458,9 @@ class PicowsTransport:
     def subprotocol(self) -> str | None:
         return self._subprotocol
 
-    async def pump(self, sink: FrameSink, meter: InboundMeter | None = None) -> NoReturn:
+    async def pump(self, sink: Sink | FrameSink, meter: InboundMeter | None = None) -> NoReturn:
         listener = self._listener
-        listener.attach(sink, meter)
+        listener.attach(as_sink(sink), meter)
         try:
             try:
                 await self._ws.wait_disconnected()

@@ -18,7 +18,7 @@ from websockets.exceptions import (
 
 from ..errors import ConfigError, HandshakeFailed, HandshakeRejected, TransportClosed
 from ..redact import RedactingLogger, connection_secrets, redact_text
-from .base import ConnectOptions, Data, FrameSink, InboundMeter, Meter, kernel_send_queue
+from .base import ConnectOptions, Data, FrameSink, InboundMeter, Meter, Sink, as_sink, kernel_send_queue
 
 __all__ = ["WebsocketsTransport", "connect"]
 
@@ -44,8 +44,9 @@ class WebsocketsTransport:
     def subprotocol(self) -> str | None:
         return self._ws.subprotocol
 
-    async def pump(self, sink: FrameSink, meter: InboundMeter | None = None) -> NoReturn:
+    async def pump(self, sink: Sink | FrameSink, meter: InboundMeter | None = None) -> NoReturn:
         recv = self._ws.recv
+        sink = as_sink(sink)
         if meter is None:
             meter = Meter()
         monotonic = time.monotonic
@@ -56,6 +57,12 @@ class WebsocketsTransport:
                 meter.last_inbound = monotonic()
                 meter.frames_in += 1
                 meter.bytes_in += len(data)
+                target = sink.inline
+                if target is not None:
+                    pending = target.dispatch(data)
+                    if pending is not None:
+                        sink.defer(pending)
+                    continue
                 wait = sink(data)
                 if wait is not None:
                     await wait
