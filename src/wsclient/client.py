@@ -298,8 +298,8 @@ class Client:
         self._target: InlineTarget | None = None
         self._sink = _FrameSink(self)
 
-        # Inbound: reader → deque → dispatcher. The dispatcher parks on a future only when the deque
-        # is empty, so a burst costs one wake-up, not one per frame.
+        # Inbound: reader → target inline while nothing waits, else reader → deque → dispatcher. The
+        # dispatcher parks on a future only when the deque is empty, so a burst costs one wake-up.
         self._inbox: deque[Data | _ReconnectMark | _Deferred] = deque()
         self._dispatch_waiter: asyncio.Future[None] | None = None
         self._space_waiter: asyncio.Future[None] | None = None
