@@ -321,7 +321,12 @@ PICOWS_TYPED = "wsclient-picows-typed-sync"
 
 
 def profiles(server: ServerProc, results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, str]]:
-    """Profile the hot path of every wsclient row whose goal was missed (one extra run each)."""
+    """Profile the hot path of every wsclient row whose goal was missed (one extra run each).
+
+    Profiles and traces left by an earlier run go first: the report names only this run's.
+    """
+    for stale in [*RESULTS.glob("profile-*"), *RESULTS.glob("memory-trace-*")]:
+        stale.unlink()
     made: list[dict[str, str]] = []
     goals = report.goals(results)
     missed = {g["id"] for g in goals if g["met"] is False}
