@@ -122,7 +122,7 @@ class _FrameSink:
             if pending is not None:
                 self.defer(pending)
             return None
-        inbox = client._inbox
+        inbox = client._queue()
         inbox.append(data)
         if len(inbox) >= client._inbox_limit:
             return client._inbox_full()
@@ -130,7 +130,7 @@ class _FrameSink:
 
     def defer(self, pending: Awaitable[None]) -> None:
         client = self._client
-        client._inbox.append(_Deferred(pending))
+        client._queue().append(_Deferred(pending))
         client._wake_dispatcher()
 
 
@@ -254,6 +254,57 @@ class Client:
     appear in logs, reprs or events.
     """
 
+    # Slots: a feeder may hold hundreds of idle clients, and an instance dict costs ~1.6 KiB each.
+    __slots__ = (
+        "__weakref__",
+        "_callback_tasks",
+        "_close_request",
+        "_close_task",
+        "_codec",
+        "_config",
+        "_conn_id",
+        "_conn_ids",
+        "_connect_hooks",
+        "_connector",
+        "_counters",
+        "_dispatch_waiter",
+        "_dispatcher",
+        "_done",
+        "_error_callbacks",
+        "_event_callbacks",
+        "_failure",
+        "_flushing",
+        "_gap_callbacks",
+        "_headers",
+        "_id",
+        "_inbox",
+        "_inbox_limit",
+        "_inbox_low",
+        "_last_inbound",
+        "_liveness",
+        "_log",
+        "_message_callbacks",
+        "_opened_at",
+        "_outbox",
+        "_pong_watch",
+        "_replay_done",
+        "_requests",
+        "_router",
+        "_routing",
+        "_safe_url",
+        "_sink",
+        "_sm",
+        "_space_waiter",
+        "_state_waiters",
+        "_subscriptions",
+        "_supervisor",
+        "_target",
+        "_transport",
+        "_unknown_callbacks",
+        "_url",
+        "_writer_waiter",
+    )
+
     def __init__(
         self,
         url: str,
@@ -300,14 +351,16 @@ class Client:
 
         # Inbound: reader → target inline while nothing waits, else reader → deque → dispatcher. The
         # dispatcher parks on a future only when the deque is empty, so a burst costs one wake-up.
-        self._inbox: deque[Data | _ReconnectMark | _Deferred] = deque()
+        # Created when first needed (see _queue): an empty deque costs ~760 B, and a client whose
+        # handlers are all sync may never queue a frame.
+        self._inbox: deque[Data | _ReconnectMark | _Deferred] | None = None
         self._dispatch_waiter: asyncio.Future[None] | None = None
         self._space_waiter: asyncio.Future[None] | None = None
         self._inbox_limit = self._config.inbound_queue
         self._inbox_low = max(0, self._inbox_limit // 2)
 
         # Outbound while not OPEN (and behind a flush in progress): bounded, order-preserving.
-        self._outbox: deque[Data] = deque()
+        self._outbox: deque[Data] | None = None  # created by the first send that must wait
         self._writer_waiter: asyncio.Future[None] | None = None
         self._flushing = False
 
@@ -490,8 +543,8 @@ class Client:
             sequence_gaps=self._router.sequences.gaps + self._router.sequences.resets,
             requests_pending=self._requests.pending,
             heartbeat_misses=c.heartbeat_misses,
-            inbound_queued=len(self._inbox),
-            outbox_queued=len(self._outbox),
+            inbound_queued=len(self._inbox or ()),
+            outbox_queued=len(self._outbox or ()),
         )
 
     def __repr__(self) -> str:
@@ -624,7 +677,8 @@ class Client:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._callback_tasks.clear()
-        self._inbox.clear()
+        if self._inbox is not None:
+            self._inbox.clear()
 
     # ------------------------------------------------------------------ sending
 
@@ -708,6 +762,8 @@ class Client:
 
     def _enqueue(self, data: Data) -> None:
         outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = deque()
         if len(outbox) >= self._config.outbox_size:
             policy = self._config.outbox_overflow
             if policy == "raise":
@@ -765,6 +821,13 @@ class Client:
         # In message heartbeat mode every frame must pass the pong check in _FrameSink.__call__.
         self._sink.inline = target if self._pong_watch is None else None
 
+    def _queue(self) -> deque[Data | _ReconnectMark | _Deferred]:
+        """The inbound queue, created on first use."""
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = deque()
+        return inbox
+
     def _wake_dispatcher(self) -> None:
         waiter = self._dispatch_waiter
         if waiter is not None:
@@ -780,7 +843,7 @@ class Client:
                 self._liveness.blocked = True
             self._space_waiter = asyncio.get_running_loop().create_future()
             return self._space_waiter
-        inbox = self._inbox
+        inbox = self._queue()
         if policy == "drop_newest":
             dropped = inbox.pop()  # the frame just appended, never a reconnect mark
         else:
@@ -806,12 +869,12 @@ class Client:
             waiter.set_result(None)
 
     async def _dispatch_loop(self) -> None:
-        # Any: marks are told apart by identity and class below, cheaper than isinstance().
-        inbox: deque[Any] = self._inbox
         loop = asyncio.get_running_loop()
         process = self._process
         try:
             while True:
+                # Any: marks are told apart by identity and class below, cheaper than isinstance().
+                inbox: deque[Any] | None = self._inbox
                 if not inbox:
                     waiter = self._dispatch_waiter = loop.create_future()
                     self._set_inline(self._target)
@@ -1090,7 +1153,7 @@ class Client:
         liveness = self._liveness = Liveness(self._config.heartbeat, now)
         if conn_id > 1:
             # Any earlier connection, open or not, may have delivered frames.
-            self._inbox.append(_RECONNECT)
+            self._queue().append(_RECONNECT)
             self._wake_dispatcher()
         hb = self._config.heartbeat
         try:
