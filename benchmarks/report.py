@@ -445,9 +445,11 @@ def md_throughput(results: Results) -> list[str]:
         f"{tp['n']:,} frames per run (mixed book updates, trades and tickers, "
         f"{server.get('avg_payload', 0):.0f} B average payload, Decimal prices as strings, then an end "
         "marker), written by the server in 256 KiB blocks straight after the handshake. Rate = messages / "
-        "time from the first to the last message handled. Typed variants validate each frame once with "
-        "the same `TypeAdapter.validate_json` (discriminated union on `type` over Trade/Book/Ticker/End) "
-        "and call the same handler (count, time the end marker). Ratios and Δ are per-round, median.",
+        "time from the first to the last message handled. Typed variants validate each frame once "
+        "against the same discriminated union on `type` over Trade/Book/Ticker/End (bare variants and "
+        "wsclient's raw+validate rows through `TypeAdapter.validate_json`; wsclient's typed rows build "
+        "the same union and call pydantic-core's validator directly, skipping that wrapper) and call "
+        "the same handler (count, time the end marker). Ratios and Δ are per-round, median.",
         "",
     ]
     table = []
