@@ -810,3 +810,36 @@ async def test_sync_and_async_callbacks_and_handlers_keep_arrival_order(server: 
     second = [pair for f in frames for pair in (("sync", f), ("async", f))]
     assert calls[: len(first)] == first
     assert calls[len(first) :] == second
+
+
+async def test_a_handler_raising_cancelled_error_neither_stops_the_stream_nor_the_link(
+    server: TestServer,
+) -> None:
+    client = Client(server.url, config=fast_config())
+    got: list[str] = []
+    errors: list[BaseException] = []
+    client.on_error(lambda item, exc: errors.append(exc))
+    cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    cancelled.cancel()
+
+    def sync_callback(frame: str | bytes) -> None:
+        if frame == "sync-bad":
+            cancelled.result()  # its own CancelledError: sync code cannot be cancelled from outside
+        got.append(f"sync:{frame!s}")
+
+    async def async_callback(frame: str | bytes) -> None:
+        if frame == "async-bad":
+            await cancelled  # a cancelled inner await escaping
+        got.append(f"async:{frame!s}")
+
+    client.on_message(sync_callback)
+    client.on_message(async_callback)
+    async with client:
+        await client.wait_open(2)
+        for frame in ("a", "sync-bad", "async-bad", "b"):
+            await client.send(frame)
+        await poll_until(lambda: "async:b" in got)
+        assert client.stats.connects == 1
+    assert got == ["sync:a", "async:a", "async:sync-bad", "sync:async-bad", "sync:b", "async:b"]
+    assert [type(exc) for exc in errors] == [asyncio.CancelledError] * 2
+    assert client.stats.handler_errors == 2

@@ -574,6 +574,33 @@ async def test_only_the_dispatchers_own_cancellation_stops_dispatch() -> None:
     assert slow_router.stats.handler_errors == 0
 
 
+def test_a_sync_handler_raising_cancelled_error_has_only_failed_itself() -> None:
+    """Sync code cannot be cancelled from outside: its CancelledError must not stop dispatch."""
+    router, hooks = make_router()
+    calls: list[int] = []
+    cancelled: asyncio.Future[None] = asyncio.Future(loop=asyncio.new_event_loop())
+    cancelled.cancel()
+
+    def reads_a_cancelled_future(msg: Trade) -> None:
+        if msg.t == 1:
+            cancelled.result()  # raises CancelledError
+        calls.append(msg.t)
+
+    def depth_reads_a_cancelled_future(msg: Depth) -> None:
+        cancelled.result()
+
+    router.register(Trade, reads_a_cancelled_future)  # the one-handler fast path
+    router.register(Depth, depth_reads_a_cancelled_future)  # the general path: two handlers
+    router.register(Depth, lambda m: calls.append(-m.u))
+    router.dispatch(trade(1))
+    router.dispatch(trade(2))
+    router.dispatch('{"e":"depthUpdate","s":"X","u":3}')
+    assert calls == [2, -3]
+    assert router.stats.handler_errors == 2
+    assert [type(exc) for _, exc in hooks.errors] == [asyncio.CancelledError] * 2
+    cancelled.get_loop().close()
+
+
 # -- registration lifecycle -----------------------------------------------------------------------
 
 

@@ -56,7 +56,7 @@ from .events import (
 from .heartbeat import Liveness, PongWatch, ping_payload, run_pinger, run_watchdog
 from .policy import Backoff, classify, describe
 from .redact import redact_url
-from .routing import RequestTracker, Router, SequenceGap
+from .routing import SYNC_HANDLER_FAILURES, RequestTracker, Router, SequenceGap, handler_failed
 from .state import ConnectionState, Event, StateMachine
 from .transport import ConnectOptions, Connector, InlineTarget, Transport, get_connector
 
@@ -922,7 +922,7 @@ class Client:
             for index, callback in enumerate(callbacks):
                 try:
                     result = callback(data)
-                except Exception as exc:
+                except SYNC_HANDLER_FAILURES as exc:
                     self._handler_error(data, exc)
                     continue
                 if result is not None and inspect.isawaitable(result):
@@ -935,14 +935,18 @@ class Client:
         """The rest of :meth:`_process` after an async ``on_message`` callback."""
         try:
             await result
-        except Exception as exc:
+        except BaseException as exc:
+            if not handler_failed(exc):
+                raise
             self._handler_error(data, exc)
         for callback in self._message_callbacks[start:]:
             try:
                 result = callback(data)
                 if result is not None and inspect.isawaitable(result):
                     await result
-            except Exception as exc:
+            except BaseException as exc:
+                if not handler_failed(exc):
+                    raise
                 self._handler_error(data, exc)
         if self._routing:
             pending = self._router.dispatch(data)

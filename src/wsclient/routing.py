@@ -82,6 +82,25 @@ SeqKey = Callable[[Any], "tuple[Hashable, int] | None"]
 _UNTAGGED = frozenset({"union_tag_not_found", "union_tag_invalid", "dict_type", "model_attributes_type"})
 
 _UNDECODED: Any = object()  # sentinel: the frame has not been decoded to Python values yet
+
+#: What a *sync* handler may raise and still only have failed itself. Sync code has no await point,
+#: so nothing can cancel it from outside: a CancelledError it raises is its own (say, ``.result()``
+#: of a cancelled future) and must not stop the reader or the dispatcher.
+SYNC_HANDLER_FAILURES = (Exception, asyncio.CancelledError)
+
+
+def handler_failed(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while awaiting a handler, is that handler's failure.
+
+    False for what must stop dispatch: the current task's own cancellation, KeyboardInterrupt,
+    SystemExit. A handler that lets a cancelled inner await escape has failed like any other.
+    """
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        return task is not None and not task.cancelling()
+    return isinstance(exc, Exception)
+
+
 _PREVIEW = 200
 
 
@@ -775,7 +794,7 @@ class Router:
             stats.handled += 1
             try:
                 result = handler(msg)
-            except Exception as exc:
+            except SYNC_HANDLER_FAILURES as exc:
                 failed(msg, handler, exc)
                 return None
             # A "sync" handler may still return an awaitable (a wrapped coroutine function).
@@ -836,7 +855,7 @@ class Router:
             done += 1
             try:
                 result = handler(msg)
-            except Exception as exc:
+            except SYNC_HANDLER_FAILURES as exc:
                 self._handler_failed(msg, handler, exc)
                 continue
             # A "sync" handler may still return an awaitable (a wrapped coroutine function).
@@ -876,14 +895,8 @@ class Router:
 
     def _guard(self, msg: Any, handler: Callable[..., Any], exc: BaseException) -> None:
         """Count a handler's failure, or re-raise what must stop dispatch."""
-        if isinstance(exc, asyncio.CancelledError):
-            # Only the dispatcher's own cancellation stops dispatch; a handler that lets a
-            # cancelled inner await escape has failed like any other handler.
-            task = asyncio.current_task()
-            if task is None or task.cancelling():
-                raise exc
-        elif not isinstance(exc, Exception):
-            raise exc  # KeyboardInterrupt, SystemExit
+        if not handler_failed(exc):
+            raise exc
         self._handler_failed(msg, handler, exc)
 
     def _observe(self, seq_key: SeqKey, msg: Any) -> None:
