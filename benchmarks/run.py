@@ -130,6 +130,14 @@ class ServerProc:
             except queue.Empty:
                 return
 
+    def run_measured(self, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """One client run against this server; its result carries the server's CPU share."""
+        result = run_client(spec, timeout)
+        stats = self.conn_stats(timeout=10) if result.get("ok") else None
+        if stats and stats.get("wall_s"):
+            result["server_cpu_pct"] = 100 * stats["cpu_s"] / stats["wall_s"]
+        return result
+
     def conn_stats(self, timeout: float = 10) -> dict[str, Any] | None:
         try:
             return self.lines.get(timeout=timeout)
@@ -223,10 +231,7 @@ def measure_throughput(server: ServerProc, args: argparse.Namespace) -> dict[str
     server.conn_stats(timeout=10)
     for r in range(1, args.rounds + 1):
         for key in table.active():
-            result = run_client({**base, "variant": key}, timeout + 30)
-            stats = server.conn_stats(timeout=10) if result.get("ok") else None
-            if stats and stats.get("wall_s"):
-                result["server_cpu_pct"] = 100 * stats["cpu_s"] / stats["wall_s"]
+            result = server.run_measured({**base, "variant": key}, timeout + 30)
             status = table.add(key, r, result)
             rate = f"{result['rate']:>10,.0f} msg/s" if result.get("ok") else status
             log(f"throughput round {r}/{args.rounds}  {key:<28} {rate}")
@@ -249,10 +254,7 @@ def measure_latency(server: ServerProc, args: argparse.Namespace) -> dict[str, A
     server.drain()
     for r in range(1, args.rounds + 1):
         for key in table.active():
-            result = run_client({**base, "variant": key}, seconds + 60)
-            stats = server.conn_stats(timeout=10) if result.get("ok") else None
-            if stats and stats.get("wall_s"):
-                result["server_cpu_pct"] = 100 * stats["cpu_s"] / stats["wall_s"]
+            result = server.run_measured({**base, "variant": key}, seconds + 60)
             status = table.add(key, r, result)
             figure = (
                 f"p50 {result['p50_us']:.0f} µs  p99 {result['p99_us']:.0f} µs  "
