@@ -533,7 +533,7 @@ class Client:
             bytes_in=bytes_in,
             messages_out=c.messages_out,
             bytes_out=c.bytes_out,
-            last_rtt=self._liveness.last_rtt if self._liveness is not None else None,
+            last_rtt=liveness.last_rtt if liveness is not None else None,
             seconds_since_last_inbound=None if last is None else time.monotonic() - last,
             dropped_in=c.dropped_in,
             dropped_out=c.dropped_out,
