@@ -12,6 +12,8 @@ from websockets.http11 import Request, Response
 
 from wsclient import Client, ClientEvent
 
+from .rawpeer import MakeRaw, RawServer, Script
+
 Handler = Callable[["TestServer", ServerConnection], Awaitable[None]]
 
 
@@ -129,6 +131,22 @@ async def make_server() -> AsyncIterator[Callable[..., Awaitable[TestServer]]]:
 @pytest.fixture
 async def server(make_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
     return await make_server()
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[MakeRaw]:
+    """Hand-written WebSocket servers (tests/rawpeer.py), each running a script; stopped after."""
+    servers: list[RawServer] = []
+
+    async def factory(script: Script) -> RawServer:
+        server = RawServer(script)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        await server.stop()
 
 
 async def poll_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import logging
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import pytest
 from websockets.asyncio.server import ServerConnection
@@ -27,7 +27,7 @@ from wsclient import (
 )
 
 from .conftest import Recorder, TestServer
-from .test_bad_input import MakeRaw, RawPeer, RawServer, Script
+from .rawpeer import MakeRaw, RawPeer
 
 MakeServer = Callable[..., Awaitable[TestServer]]
 
@@ -42,21 +42,6 @@ SERVER_COOKIE = f"srv-{MARKER}"
 BASIC = base64.b64encode(f"trader:{PASSWORD}".encode()).decode()
 
 HEADERS = {"Authorization": f"Bearer {BEARER}", "Cookie": COOKIE, "X-Api-Key": API_KEY}
-
-
-@pytest.fixture
-async def raw_server() -> AsyncIterator[MakeRaw]:
-    servers: list[RawServer] = []
-
-    async def factory(script: Script) -> RawServer:
-        server = RawServer(script)
-        await server.start()
-        servers.append(server)
-        return server
-
-    yield factory
-    for server in servers:
-        await server.stop()
 
 
 def config(**overrides: object) -> ClientConfig:
