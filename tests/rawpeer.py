@@ -46,6 +46,7 @@ class RawPeer:
         self.frames: list[tuple[int, bytes]] = []
         self.pongs: list[bytes] = []
         self.close_code: int | None = None
+        self.hung_up = False  # set by discard_until_eof() once the client closed the TCP connection
         self.changed = asyncio.Event()
 
     async def read_request(self) -> bytes:
@@ -102,6 +103,23 @@ class RawPeer:
                 else:
                     self.frames.append((opcode, data))
                 self.changed.set()
+
+    def stop_reading(self) -> None:
+        """Read nothing more: the client's writes pile up in the kernel's buffers, then in its own."""
+        transport = self.writer.transport
+        assert isinstance(transport, asyncio.ReadTransport)
+        transport.pause_reading()
+
+    async def discard_until_eof(self) -> None:
+        """Answer nothing and close nothing: drop whatever the client sends until it hangs up.
+
+        Sets :attr:`hung_up` (and wakes :meth:`wait_for`) when the client closed or reset the connection.
+        """
+        with contextlib.suppress(ConnectionError):
+            while await self.reader.read(65536):
+                pass
+        self.hung_up = True
+        self.changed.set()
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         async with asyncio.timeout(timeout):

@@ -35,6 +35,9 @@ from wsclient.testing import ChaosProxy
 from .conftest import Recorder, poll_until
 from .rawpeer import BINARY, CONTINUATION, PING, TEXT, MakeRaw, RawPeer, Script, frame
 
+# Every test here runs on each transport backend (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("backend")
+
 FAST = Reconnect(initial_delay=0.01, max_delay=0.05, jitter=0, reset_after=0.5)
 
 

@@ -253,6 +253,28 @@ async def test_handshake_429_honours_retry_after(server: TestServer) -> None:
     assert second - first >= 1.0
     reconnecting = recorder.of(Reconnecting)[0]
     assert isinstance(reconnecting, Reconnecting) and reconnecting.delay == 1.0
+    failed = recorder.of(ConnectFailed)[0]
+    assert isinstance(failed, ConnectFailed) and failed.retry_after == 1.0 and failed.delay == 1.0
+
+
+async def test_retry_after_above_the_cap_is_cut_and_reported(
+    server: TestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server asking for a day is not obeyed for a day: the wait is max_retry_after, and the event
+    and the log say what was asked."""
+    server.reject = (503, {"Retry-After": "86400"})
+    policy = FAST.model_copy(update={"max_retry_after": 0.2})
+    client = Client(server.url, config=fast_config(reconnect=policy))
+    recorder = Recorder(client)
+    async with client:
+        await server.wait_until(lambda: len(server.handshake_times) == 1)
+        server.reject = None
+        await client.wait_open(5)
+    failed = recorder.of(ConnectFailed)[0]
+    assert isinstance(failed, ConnectFailed)
+    assert failed.retry_after == 86400.0 and failed.delay == 0.2 and failed.will_retry
+    assert server.handshake_times[1] - server.handshake_times[0] >= 0.2
+    assert any("asked for 86400s" in r.getMessage() for r in caplog.records if r.name == "wsclient")
 
 
 async def test_503_is_retried(server: TestServer) -> None:
@@ -843,3 +865,49 @@ async def test_a_handler_raising_cancelled_error_neither_stops_the_stream_nor_th
     assert got == ["sync:a", "async:a", "async:sync-bad", "sync:async-bad", "sync:b", "async:b"]
     assert [type(exc) for exc in errors] == [asyncio.CancelledError] * 2
     assert client.stats.handler_errors == 2
+
+
+async def test_last_rtt_survives_a_reconnect_with_its_age(server: TestServer) -> None:
+    client = Client(server.url, config=fast_config())
+    recorder = Recorder(client)
+    async with client:
+        await client.wait_open(2)
+        await poll_until(lambda: client.stats.last_rtt is not None)
+        await server.stop()  # no server: the client is between connections for a while
+        await recorder.wait_for(Disconnected)
+        between = client.stats
+        await server.start()
+        await recorder.wait_for(Connected, 2)
+    assert between.last_rtt is not None and between.last_rtt_age is not None
+    assert between.last_rtt_age >= 0.0
+
+
+async def test_a_subscription_cancelled_during_the_replay_is_unsubscribed(server: TestServer) -> None:
+    """The replay already sent its subscribe on the connection being opened: cancelling it then must
+    send the unsubscribe (after the replay), not leave the server subscribed."""
+    client = Client(server.url, config=fast_config(replay_interval=0.05))
+    first = client.subscribe("sub-a", unsubscribe="unsub-a")
+    client.subscribe("sub-b")
+    client.subscribe("sub-c")
+    async with client:
+        await server.wait_until(lambda: "sub-a" in server.received)
+        assert client.state is ConnectionState.CONNECTING  # still replaying
+        await first.cancel()
+        await server.wait_until(lambda: "unsub-a" in server.received)
+    assert server.received == ["sub-a", "sub-b", "sub-c", "unsub-a"]
+
+
+async def test_a_subscription_cancelled_before_the_replay_reaches_it_is_never_sent(
+    server: TestServer,
+) -> None:
+    client = Client(server.url, config=fast_config(replay_interval=0.05))
+    client.subscribe("sub-a")
+    late = client.subscribe("sub-b", unsubscribe="unsub-b")
+    client.subscribe("sub-c")
+    async with client:
+        await server.wait_until(lambda: "sub-a" in server.received)
+        await late.cancel()
+        await client.wait_open(2)
+        await client.send("marker")
+        await server.wait_until(lambda: "marker" in server.received)
+    assert server.received == ["sub-a", "sub-c", "marker"]

@@ -70,3 +70,32 @@ async def test_pong_watch_survives_a_raising_predicate() -> None:
     watch = PongWatch(boom)
     watch.arm()
     assert not watch.check("anything")
+
+
+def test_frames_do_not_excuse_a_peer_that_reads_nothing() -> None:
+    """A server that streams but no longer reads: the client's send buffer is full and does not
+    drain, the pong does not come. Frames arriving are no excuse then."""
+    live = Liveness(Heartbeat(), now=0.0)
+    live.frames_in = 11
+    assert live.pong_overdue(10, 0, 0) is Verdict.ALIVE
+    assert live.pong_overdue(10, 900_000, 900_000, send_blocked=True) is Verdict.DEAD
+    assert live.pong_overdue(11, 900_000, 900_000, inbound_waiting=500, send_blocked=True) is Verdict.DEAD
+    # Draining (the ping is behind our own upload) excuses it, blocked or not.
+    assert live.pong_overdue(10, 900_000, 800_000, send_blocked=True) is Verdict.ALIVE
+    assert live.pong_overdue(11, 0, 0, inbound_waiting=500) is Verdict.ALIVE
+
+
+def test_a_late_timer_extends_instead_of_killing() -> None:
+    """A timeout that fired 0.4 s late (the loop was blocked by a handler) is not the link's fault."""
+    live = Liveness(Heartbeat(timeout=0.1), now=0.0)
+    assert live.pong_overdue(0, 0, 0, lag=0.4) is Verdict.EXTEND
+    assert live.pong_overdue(0, 0, 0, lag=0.001) is Verdict.DEAD
+    # The queue-full suspension and a live link still come first.
+    live.blocked = True
+    assert live.pong_overdue(0, 0, 0, lag=0.4) is Verdict.SUSPENDED
+
+
+def test_bytes_waiting_in_the_kernel_are_not_silence() -> None:
+    live = Liveness(Heartbeat(receive_timeout=2.0), now=0.0)
+    assert live.silence(now=3.0)[0] is Verdict.DEAD
+    assert live.silence(now=3.0, inbound_waiting=120)[0] is Verdict.ALIVE

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 import trustme
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from wsclient import (
     Client,
@@ -26,6 +27,7 @@ from wsclient import (
     Heartbeat,
     Reconnect,
     Reconnecting,
+    UnsafeRedirect,
 )
 
 from .conftest import Collector, Recorder, poll_until
@@ -140,3 +142,42 @@ async def test_ssl_context_trusting_the_ca_connects(tls_server: TlsServer) -> No
     assert frames == ['{"op":"hello"}', b"\x00\x01"]
     assert tls_server.received == frames
     assert stats.connects == 1 and stats.connect_failures == 0
+
+
+async def test_a_redirect_from_wss_to_plain_text_is_refused_for_good(tls_server: TlsServer) -> None:
+    """A TLS endpoint redirecting the handshake to ws:// would send the credentials in clear text:
+    the hop is refused, fatally, and the plain-text server never sees a connection."""
+    plain_requests: list[object] = []
+
+    async def plain(ws: ServerConnection) -> None:
+        plain_requests.append(ws.request)
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    async with serve(plain, "127.0.0.1", 0) as plain_server:
+        port = plain_server.sockets[0].getsockname()[1]
+
+        def downgrade(connection: ServerConnection, request: Request) -> Response:
+            response = connection.respond(302, "")
+            response.headers["Location"] = f"ws://127.0.0.1:{port}/plain"
+            return response
+
+        async with serve(
+            lambda ws: ws.wait_closed(), "127.0.0.1", 0, ssl=context, process_request=downgrade
+        ) as tls:
+            url = f"wss://127.0.0.1:{tls.sockets[0].getsockname()[1]}/ws"
+            client_context = ssl.create_default_context()
+            ca.configure_trust(client_context)
+            client = Client(
+                url, headers={"Authorization": "Bearer t"}, config=config(ssl_context=client_context)
+            )
+            recorder = Recorder(client)
+            await client.start()
+            with pytest.raises(GaveUpError) as info:
+                async with asyncio.timeout(5):
+                    await client.wait_closed()
+    assert isinstance(info.value.cause, UnsafeRedirect) and info.value.fatal
+    [failed] = recorder.of(ConnectFailed)
+    assert isinstance(failed, ConnectFailed) and "plain-text" in failed.reason and not failed.will_retry
+    assert plain_requests == []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import ssl
 
 import pytest
+from pydantic import ValidationError
 
 from wsclient import HandshakeRejected, LinkDead, Reconnect, TransportClosed
 from wsclient.errors import HandshakeFailed, parse_retry_after
@@ -82,12 +84,36 @@ def test_backoff_grows_and_caps() -> None:
 
 
 def test_backoff_jitter_is_bounded() -> None:
-    backoff = Backoff(Reconnect(initial_delay=0.1, max_delay=10.0, jitter=0.05))
+    backoff = Backoff(Reconnect(initial_delay=0.1, max_delay=10.0, jitter=0.25))
     for n in range(1, 6):
         delay = backoff.next_delay()
         assert delay is not None
         base = 0.1 * 2 ** (n - 1)
-        assert base <= delay <= base + 0.05
+        assert 0.75 * base <= delay <= base
+
+
+@pytest.mark.parametrize("jitter", [0.5, 1.0])
+def test_jitter_survives_the_cap(jitter: float) -> None:
+    """Once the exponential reaches max_delay, delays still spread over [cap·(1-jitter), cap]: a fleet
+    that lost its server for long does not retry in lock-step."""
+    random.seed(13)
+    delays: list[float] = []
+    for _ in range(200):
+        backoff = Backoff(Reconnect(initial_delay=0.5, max_delay=4.0, jitter=jitter))
+        for _ in range(9):  # 0.5 · 2^8 is far above the cap
+            delay = backoff.next_delay()
+        assert delay is not None
+        delays.append(delay)
+    assert all(4.0 * (1 - jitter) <= d <= 4.0 for d in delays)
+    # Spread across the allowed band, not piled up at the cap.
+    assert max(delays) - min(delays) > 0.8 * 4.0 * jitter
+    assert len({round(d, 3) for d in delays}) > 150
+
+
+def test_jitter_above_one_is_refused_with_the_fix() -> None:
+    with pytest.raises(ValidationError) as info:
+        Reconnect(jitter=2.0)
+    assert "jitter" in str(info.value) and "between 0 and 1" in str(info.value)
 
 
 def test_backoff_stops_after_max_attempts() -> None:
@@ -123,6 +149,18 @@ def test_retry_after_raises_the_delay_even_above_the_cap() -> None:
     backoff = Backoff(Reconnect(initial_delay=0.1, max_delay=1.0, jitter=0))
     assert backoff.next_delay(retry_after=3.0) == 3.0
     assert backoff.next_delay(retry_after=0.01) == 0.2
+
+
+def test_retry_after_is_capped() -> None:
+    # Default cap: 10 × max_delay, at least a minute. A server asking for a day gets 5 min, not a day.
+    backoff = Backoff(Reconnect(initial_delay=0.1, max_delay=30.0, jitter=0))
+    assert backoff.next_delay(retry_after=86400.0) == 300.0
+    backoff = Backoff(Reconnect(initial_delay=0.1, max_delay=1.0, jitter=0))
+    assert backoff.next_delay(retry_after=86400.0) == 60.0
+    assert backoff.next_delay(retry_after=30.0) == 30.0
+    backoff = Backoff(Reconnect(initial_delay=0.1, max_delay=1.0, jitter=0, max_retry_after=2.5))
+    assert backoff.next_delay(retry_after=86400.0) == 2.5
+    assert backoff.next_delay(retry_after=2.0) == 2.0
 
 
 def test_fatal_codes_apply_to_server_closes_only() -> None:

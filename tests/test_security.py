@@ -19,15 +19,21 @@ from wsclient import (
     Client,
     ClientConfig,
     ConfigError,
+    Connected,
     ConnectFailed,
     Disconnected,
+    GaveUp,
     GaveUpError,
+    HandshakeRejected,
     Heartbeat,
     Reconnect,
 )
 
 from .conftest import Recorder, TestServer
 from .rawpeer import MakeRaw, RawPeer
+
+# Every test here runs on each transport backend (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("backend")
 
 MakeServer = Callable[..., Awaitable[TestServer]]
 
@@ -42,6 +48,27 @@ SERVER_COOKIE = f"srv-{MARKER}"
 BASIC = base64.b64encode(f"trader:{PASSWORD}".encode()).decode()
 
 HEADERS = {"Authorization": f"Bearer {BEARER}", "Cookie": COOKIE, "X-Api-Key": API_KEY}
+
+
+# Everything the transports log, picows' level-9 dumps of raw bytes included.
+ALL_LEVELS = 1
+
+# How each backend logs the upgrade request it sends (websockets at DEBUG, line by line; picows below
+# DEBUG, as the repr of the raw bytes).
+HANDSHAKE_LOG_LINES = {
+    "websockets": (
+        "> GET /ws?token=***&signature=***&symbol=",
+        "> Authorization: ***",
+        "> Cookie: ***",
+        "> X-Api-Key: ***",
+    ),
+    "picows": (
+        "Send upgrade request: b'GET /ws?token=***&signature=***&symbol=",
+        "\\r\\nAuthorization: ***\\r\\n",
+        "\\r\\nCookie: ***\\r\\n",
+        "\\r\\nX-Api-Key: ***\\r\\n",
+    ),
+}
 
 
 def config(**overrides: object) -> ClientConfig:
@@ -82,7 +109,7 @@ def exception_texts(exc: BaseException) -> list[str]:
 
 
 async def test_header_and_query_credentials_stay_out_of_logs_reprs_and_events(
-    make_server: MakeServer, caplog: pytest.LogCaptureFixture
+    make_server: MakeServer, caplog: pytest.LogCaptureFixture, backend: str
 ) -> None:
     requests: list[tuple[str, dict[str, str]]] = []
 
@@ -94,7 +121,7 @@ async def test_header_and_query_credentials_stay_out_of_logs_reprs_and_events(
         await ws.close(1011, "try again")
 
     server = await make_server(close_1011)
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(ALL_LEVELS)
     client = Client(query(server.port), headers=HEADERS, config=config())
     client.subscribe({"op": "subscribe", "channel": "trades"})
     recorder = Recorder(client)
@@ -109,16 +136,15 @@ async def test_header_and_query_credentials_stay_out_of_logs_reprs_and_events(
     path, headers = requests[0]
     assert headers["Authorization"] == f"Bearer {BEARER}" and headers["X-Api-Key"] == API_KEY
     assert headers["Cookie"] == COOKIE and f"signature={SIGNATURE}" in path
-    # And the transport's DEBUG log of the handshake was captured, masked.
-    for line in ("> GET /ws?token=***&signature=***&symbol=", "> Authorization: ***", "> Cookie: ***"):
+    # And the transport's log of the handshake request was captured, masked.
+    for line in HANDSHAKE_LOG_LINES[backend]:
         assert any(line in entry for entry in logs), line
-    assert any("> X-Api-Key: ***" in entry for entry in logs)
     assert "symbol=BTC-USD" in client.url and "token=***" in client.url
     assert_no_secret(logs + texts)
 
 
 async def test_userinfo_and_query_credentials_stay_out_of_a_401_failure(
-    raw_server: MakeRaw, caplog: pytest.LogCaptureFixture
+    raw_server: MakeRaw, caplog: pytest.LogCaptureFixture, backend: str
 ) -> None:
     """GaveUpError after a 401, its cause and traceback, the events and logs: no password, no token,
     no Basic credentials, and not the session cookie the server set either."""
@@ -132,7 +158,7 @@ async def test_userinfo_and_query_credentials_stay_out_of_a_401_failure(
         await peer.reader.read()
 
     server = await raw_server(unauthorized)
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(ALL_LEVELS)
     url = server.url.replace("ws://", f"ws://trader:{PASSWORD}@") + query(0).partition("/ws")[2]
     client = Client(url, headers={"X-Api-Key": API_KEY}, config=config())
     recorder = Recorder(client)
@@ -147,11 +173,19 @@ async def test_userinfo_and_query_credentials_stay_out_of_a_401_failure(
     failed = recorder.of(ConnectFailed)[0]
     assert isinstance(failed, ConnectFailed) and failed.status == 401 and not failed.will_retry
     assert len(server.peers) == 1
-    texts = exception_texts(error) + exception_texts(error.cause) + [repr(client), client.url]
-    texts += [*map(repr, recorder.events), failed.reason]
+    cause = error.cause
+    assert isinstance(cause, HandshakeRejected)
+    texts = exception_texts(error) + exception_texts(cause) + [repr(client), client.url]
+    texts += [*map(repr, recorder.events), failed.reason, repr(cause.headers), repr(cause.body)]
+    assert cause.headers["set-cookie"] == "***", "the rejection keeps its headers, masked"
     logs = client_logs(caplog)
-    assert any("< Set-Cookie: ***" in entry for entry in logs), "the response log was captured, masked"
-    assert any("> Authorization: ***" in entry for entry in logs), "userinfo became a masked Basic header"
+    # picows does not log a rejected upgrade's response; websockets does, line by line.
+    response, request_line = {
+        "websockets": ("< Set-Cookie: ***", "> Authorization: ***"),
+        "picows": (None, "\\r\\nAuthorization: ***\\r\\n"),
+    }[backend]
+    assert response is None or any(response in entry for entry in logs), "the response log, masked"
+    assert any(request_line in entry for entry in logs), "userinfo became a masked Basic header"
     assert "401" in str(error) and "trader:***@" in client.url
     assert_no_secret(logs + texts)
 
@@ -168,7 +202,7 @@ async def test_connect_failure_reasons_carry_no_credentials(
     async def silent(peer: RawPeer) -> None:
         await peer.reader.read()
 
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(ALL_LEVELS)
     refused = await raw_server(silent)
     refused_port = int(refused.url.split(":")[2].split("/")[0])
     await refused.stop()  # nothing listens there any more: connection refused
@@ -224,7 +258,7 @@ async def test_a_server_reflecting_a_credential_does_not_leak_it(
     raw_server: MakeRaw, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = await raw_server(_reflect_in_accept_header)
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(ALL_LEVELS)
     policy = Reconnect(initial_delay=0.01, max_delay=0.02, jitter=0, max_attempts=1)
     client = Client(server.url, headers={"X-Api-Key": API_KEY}, config=config(reconnect=policy))
     recorder = Recorder(client)
@@ -235,3 +269,215 @@ async def test_a_server_reflecting_a_credential_does_not_leak_it(
     failed = recorder.of(ConnectFailed)[0]
     assert isinstance(failed, ConnectFailed) and "invalid handshake" in failed.reason
     assert_no_secret([failed.reason, *exception_texts(info.value), *client_logs(caplog)])
+
+
+# -- redirects ---------------------------------------------------------------------------------------
+
+MBX_KEY = f"mbx-{MARKER}-key"
+ALL_CREDENTIALS = {**HEADERS, "X-MBX-APIKEY": MBX_KEY}
+
+
+def redirect_to(location: str, status: int = 307) -> Callable[[RawPeer], Awaitable[None]]:
+    """A server that answers every upgrade request with a redirect to ``location``."""
+
+    async def script(peer: RawPeer) -> None:
+        await peer.read_request()
+        reason = {301: "Moved Permanently", 302: "Found", 307: "Temporary Redirect"}[status]
+        peer.send(f"HTTP/1.1 {status} {reason}\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n".encode())
+        await peer.reader.read()
+
+    return script
+
+
+def recording(requests: list[tuple[str, dict[str, str]]]) -> Callable[..., Awaitable[None]]:
+    async def handler(server: TestServer, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        requests.append((ws.request.path, {k.lower(): v for k, v in ws.request.headers.raw_items()}))
+        async for message in ws:
+            await ws.send(message)
+
+    return handler
+
+
+@pytest.mark.parametrize("status", [301, 302, 307])
+async def test_a_cross_origin_redirect_gets_no_credentials(
+    raw_server: MakeRaw, make_server: MakeServer, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    """Every credential header the caller gave stays behind when the handshake is redirected to
+    another origin (another port here); the new URL's own token is masked in the Connected event."""
+    requests: list[tuple[str, dict[str, str]]] = []
+    target = await make_server(recording(requests))
+    location = f"ws://127.0.0.1:{target.port}/final?token=new-{MARKER}-token"
+    redirector = await raw_server(redirect_to(location, status))
+    caplog.set_level(ALL_LEVELS)
+    client = Client(redirector.url, headers=ALL_CREDENTIALS, config=config())
+    recorder = Recorder(client)
+    async with client:
+        [connected] = await recorder.wait_for(Connected)
+    # The redirector did get them: the check below is not vacuous.
+    sent = redirector.peers[0].request.decode()
+    assert f"X-MBX-APIKEY: {MBX_KEY}" in sent and f"Bearer {BEARER}" in sent
+    [(path, headers)] = requests
+    assert path.startswith("/final?token=")
+    for name in ("authorization", "cookie", "x-api-key", "x-mbx-apikey"):
+        assert name not in headers, name
+    assert isinstance(connected, Connected)
+    assert connected.url == f"ws://127.0.0.1:{target.port}/final?token=***"
+    assert any("credential headers not sent to the new origin" in r.getMessage() for r in caplog.records)
+    assert_no_secret([repr(connected), *client_logs(caplog)])
+
+
+async def test_a_same_origin_redirect_keeps_the_credentials(raw_server: MakeRaw) -> None:
+    async def moved(peer: RawPeer) -> None:
+        request = await peer.read_request()
+        if request.startswith(b"GET /ws "):
+            peer.send(b"HTTP/1.1 308 Permanent Redirect\r\nLocation: /v2/ws\r\nContent-Length: 0\r\n\r\n")
+            await peer.reader.read()
+            return
+        await peer.handshake()
+        await peer.serve()
+
+    server = await raw_server(moved)
+    client = Client(server.url, headers=ALL_CREDENTIALS, config=config())
+    recorder = Recorder(client)
+    async with client:
+        [connected] = await recorder.wait_for(Connected)
+    final = server.peers[1].request.decode()
+    assert final.startswith("GET /v2/ws ")
+    assert f"X-MBX-APIKEY: {MBX_KEY}" in final and f"Authorization: Bearer {BEARER}" in final
+    assert isinstance(connected, Connected) and connected.url.endswith("/v2/ws")
+
+
+async def test_redirect_hops_are_bounded_the_same_on_both_backends(raw_server: MakeRaw) -> None:
+    hops: list[bytes] = []
+
+    async def loop(peer: RawPeer) -> None:
+        hops.append(await peer.read_request())
+        peer.send(b"HTTP/1.1 302 Found\r\nLocation: /again\r\nContent-Length: 0\r\n\r\n")
+        await peer.reader.read()
+
+    server = await raw_server(loop)
+    policy = Reconnect(initial_delay=0.01, max_delay=0.02, jitter=0, max_attempts=1)
+    client = Client(server.url, config=config(reconnect=policy, max_redirects=3))
+    recorder = Recorder(client)
+    await client.start()
+    with pytest.raises(GaveUpError):
+        async with asyncio.timeout(5):
+            await client.wait_closed()
+    assert len(hops) == 4  # the request, then three redirects followed
+    [failed] = recorder.of(ConnectFailed)
+    assert isinstance(failed, ConnectFailed) and "too many redirects" in failed.reason
+
+
+# -- what the server says back -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("quote", "shown"),
+    [
+        (BEARER, "invalid token ***"),
+        (BEARER[:12] + "…", "invalid token ***…"),
+        (QUERY_TOKEN, "invalid token ***"),
+        (f"key {API_KEY}", "invalid token key ***"),
+    ],
+    ids=["whole-token", "token-cut-short", "query-token", "api-key"],
+)
+async def test_a_close_reason_quoting_a_secret_is_masked_everywhere(
+    make_server: MakeServer, caplog: pytest.LogCaptureFixture, quote: str, shown: str
+) -> None:
+    """1008 "invalid token …": the reason reaches Disconnected, GaveUp, GaveUpError and the logs
+    masked, whether the server quotes the token whole or cut short."""
+
+    async def refuse(server: TestServer, ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.close(1008, f"invalid token {quote}")
+
+    server = await make_server(refuse)
+    caplog.set_level(ALL_LEVELS)
+    client = Client(query(server.port), headers=HEADERS, config=config())
+    client.subscribe("sub")
+    recorder = Recorder(client)
+    await client.start()
+    with pytest.raises(GaveUpError) as info:
+        async with asyncio.timeout(5):
+            await client.wait_closed()
+    [lost] = recorder.of(Disconnected)
+    [gave_up] = recorder.of(GaveUp)
+    assert isinstance(lost, Disconnected) and lost.code == 1008
+    assert lost.reason.endswith(f"({shown})"), lost.reason
+    assert isinstance(gave_up, GaveUp) and gave_up.reason == lost.reason
+    texts = [lost.reason, gave_up.reason, *exception_texts(info.value), *map(repr, recorder.events)]
+    assert_no_secret(texts + client_logs(caplog))
+
+
+async def test_a_rejection_body_and_headers_quoting_a_secret_are_masked(raw_server: MakeRaw) -> None:
+    async def echo_back(peer: RawPeer) -> None:
+        await peer.read_request()
+        body = f"bad key {API_KEY} for Bearer {BEARER}".encode()
+        peer.send(
+            b"HTTP/1.1 403 Forbidden\r\nX-Debug: saw "
+            + BEARER.encode()
+            + b"\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        await peer.reader.read()
+
+    server = await raw_server(echo_back)
+    client = Client(server.url, headers=HEADERS, config=config())
+    await client.start()
+    with pytest.raises(GaveUpError) as info:
+        async with asyncio.timeout(5):
+            await client.wait_closed()
+    cause = info.value.cause
+    assert isinstance(cause, HandshakeRejected) and cause.status == 403
+    assert cause.headers["x-debug"] == "saw ***" and cause.body.startswith(b"bad key ***")
+    assert_no_secret([repr(cause.headers), repr(cause.body), *exception_texts(info.value)])
+
+
+# -- secrets in the URL path, and secrets named by the application ---------------------------------
+
+LISTEN_KEY = f"pqia91ma19a5s61cv6a81va65sdf19v8a65a1a5s61cv{MARKER}6a81va65sdf1"
+
+
+async def test_a_token_in_the_url_path_is_masked(
+    make_server: MakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Binance's user-data stream is /ws/<listenKey>: the key is a bearer secret."""
+
+    async def close_quoting(server: TestServer, ws: ServerConnection) -> None:
+        await ws.send("hello")
+        await ws.close(1001, f"listenKey {LISTEN_KEY[:30]} expired")
+
+    server = await make_server(close_quoting)
+    caplog.set_level(ALL_LEVELS)
+    client = Client(f"ws://127.0.0.1:{server.port}/ws/{LISTEN_KEY}", config=config())
+    recorder = Recorder(client)
+    async with client:
+        [connected] = await recorder.wait_for(Connected)
+        [lost] = await recorder.wait_for(Disconnected)
+    assert client.url == f"ws://127.0.0.1:{server.port}/ws/***"
+    assert isinstance(connected, Connected) and connected.url == client.url
+    assert isinstance(lost, Disconnected) and "listenKey *** expired" in lost.reason
+    assert_no_secret([repr(client), *map(repr, recorder.events), *client_logs(caplog)])
+
+
+async def test_secrets_named_by_the_application_are_masked(
+    make_server: MakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    session = f"sess{MARKER}"  # short and in no header: only the application knows it is secret
+
+    async def close_quoting(server: TestServer, ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.close(1011, f"session {session} crashed")
+
+    server = await make_server(close_quoting)
+    caplog.set_level(ALL_LEVELS)
+    client = Client(server.url, config=config(), secrets=[session])
+    client.subscribe({"op": "login", "session": session})
+    recorder = Recorder(client)
+    async with client:
+        [lost] = await recorder.wait_for(Disconnected)
+    assert isinstance(lost, Disconnected) and lost.reason.endswith("(session *** crashed)")
+    assert_no_secret([*map(repr, recorder.events), *client_logs(caplog)])

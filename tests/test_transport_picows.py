@@ -389,7 +389,7 @@ async def test_credentials_go_to_basic_auth_and_stay_out_of_debug_logs(
     (request,) = requests
     assert request.headers["Authorization"] == build_authorization_basic("user", secret)
     assert request.headers["Host"] == url.split("/")[2]  # no "user:password@" in it
-    lines = [r.getMessage() for r in caplog.records if r.name.startswith("picows")]
+    lines = [r.getMessage() for r in caplog.records if r.name == "wsclient.transport.picows"]
     assert any("Send upgrade request" in line and "token=***" in line for line in lines)
     assert not any(secret in line for line in lines)
     assert not any(request.headers["Authorization"] in line for line in lines)
@@ -626,3 +626,60 @@ def test_config_checks_that_picows_is_installed(monkeypatch: pytest.MonkeyPatch)
 # The client's behaviours on picows (reconnect and replay, half-open links, slow handlers, close
 # codes, handshake and TLS failures, missed pongs) are covered by the parametrised suite: every test
 # of test_client.py, test_typed.py and the real-peer modules runs on both backends.
+
+
+_QUIET_SCRIPT = r"""
+import asyncio, base64, hashlib
+from wsclient import Client, ClientConfig, Disconnected, Heartbeat, Reconnect
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+async def accept(reader, writer):
+    request = await reader.readuntil(b"\r\n\r\n")
+    key = next(line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key"))
+    accept_key = base64.b64encode(hashlib.sha1(key + GUID).digest())
+    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Accept: " + accept_key + b"\r\n\r\n")
+    writer.write(bytes([0x82, 127]) + (2**30).to_bytes(8, "big"))  # 1 GiB frame: a parser error
+    await writer.drain()
+    await reader.read()
+    writer.close()
+
+async def main():
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = ClientConfig(transport="picows", max_size=65536, close_timeout=0.2,
+                          heartbeat=Heartbeat(mode="off"),
+                          reconnect=Reconnect(initial_delay=0.01, max_delay=0.02, jitter=0))
+    client = Client(f"ws://127.0.0.1:{port}/", config=config)
+    lost = asyncio.Event()
+    client.on_event(lambda e: lost.set() if isinstance(e, Disconnected) else None)
+    async with client:
+        await asyncio.wait_for(lost.wait(), 5)
+    server.close()
+    print("done")
+
+asyncio.run(main())
+"""
+
+
+async def test_a_parser_error_prints_nothing_when_logging_is_not_configured() -> None:
+    """picows logs its parser errors at ERROR; with no logging set up, Python's last-resort handler
+    would print them on stderr. They go to the wsclient logger (which has a NullHandler) instead."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _QUIET_SCRIPT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(20):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert out.decode().strip() == "done", err.decode()
+    assert err.decode() == ""

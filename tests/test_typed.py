@@ -417,3 +417,67 @@ async def test_on_connect_hook_can_make_a_request(make_server: MakeServer) -> No
         await server.wait_until(lambda: len(server.received) == 2)
     assert acks == [{"id": 1, "result": "ok"}]
     assert [json.loads(r)["op"] for r in server.received] == ["login", "subscribe"]
+
+
+async def test_unhandled_invalid_and_unknown_frames_are_logged_rate_limited_and_redacted(
+    make_server: MakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no on_error / on_unknown, invalid and unknown frames are not silent: a few lines per
+    minute each, the rest counted in the next line, secrets masked."""
+    token = "tok-a9f8e7d6c5b4a3928171"
+    bad = 30
+
+    async def feed(server: TestServer, ws: ServerConnection) -> None:
+        await ws.recv()
+        for n in range(bad):
+            await ws.send(frame(e="trade", s=f"leak {token}", p="x", seq=n))  # p is not a Decimal
+            await ws.send(frame(e="kline", n=n))
+        await ws.send(frame(e="trade", s="BTC", p="1", seq=bad))
+        await ws.wait_closed()
+
+    server = await make_server(feed)
+    client = Client(
+        server.url, config=config(discriminator="e"), headers={"Authorization": f"Bearer {token}"}
+    )
+    client.subscribe("sub")
+    good: list[Trade] = []
+    client.on(Trade, good.append)
+    caplog.set_level("INFO", logger="wsclient")
+    async with client:
+        await poll_until(lambda: bool(good))
+        stats = client.stats
+    assert (stats.invalid_messages, stats.unknown_messages) == (bad, bad)
+    records = [r for r in caplog.records if r.name == "wsclient"]
+    invalid = [r.getMessage() for r in records if r.getMessage().startswith("invalid frame")]
+    unknown = [r.getMessage() for r in records if r.getMessage().startswith("unknown frame")]
+    assert invalid and unknown, "logged by default"
+    assert len(invalid) < bad and len(unknown) < bad, "rate-limited, not one line per frame"
+    assert all(r.levelname == "WARNING" for r in records if r.getMessage().startswith("invalid frame"))
+    assert "leak ***" in invalid[0] and all(token not in line for line in invalid)
+
+
+async def test_registered_hooks_take_over_from_the_log(
+    make_server: MakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def feed(server: TestServer, ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send(frame(e="trade", s="BTC", p="x", seq=1))
+        await ws.send(frame(e="kline"))
+        await ws.send(frame(e="trade", s="BTC", p="1", seq=2))
+        await ws.wait_closed()
+
+    server = await make_server(feed)
+    client = Client(server.url, config=config(discriminator="e"))
+    client.subscribe("sub")
+    good: list[Trade] = []
+    errors: list[object] = []
+    unknown: list[object] = []
+    client.on(Trade, good.append)
+    client.on_error(lambda item, exc: errors.append(item))
+    client.on_unknown(unknown.append)
+    caplog.set_level("INFO", logger="wsclient")
+    async with client:
+        await poll_until(lambda: bool(good))
+    assert len(errors) == 1 and len(unknown) == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if m.startswith(("invalid frame", "unknown frame"))]

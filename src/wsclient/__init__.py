@@ -17,8 +17,10 @@ from .errors import (
     HandshakeRejected,
     LinkDead,
     OutboxFullError,
+    PeerNotReading,
     RequestTimeout,
     TransportClosed,
+    UnsafeRedirect,
     WSClientError,
 )
 from .events import (
@@ -66,6 +68,7 @@ __all__ = [
     "Message",
     "MessageDropped",
     "OutboxFullError",
+    "PeerNotReading",
     "Reconnect",
     "Reconnecting",
     "Registration",
@@ -73,6 +76,7 @@ __all__ = [
     "SequenceGap",
     "Subscription",
     "TransportClosed",
+    "UnsafeRedirect",
     "WSClientError",
     "__version__",
 ]

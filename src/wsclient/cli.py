@@ -817,9 +817,7 @@ class _Demo:
         s = plan.duration / 30.0
         config = ClientConfig(
             heartbeat=Heartbeat(interval=plan.ping, timeout=plan.ping, server_idle_timeout=plan.idle_cutoff),
-            reconnect=Reconnect(
-                initial_delay=0.2 * s, max_delay=2.0 * s, jitter=0.1 * s, reset_after=2.0 * s
-            ),
+            reconnect=Reconnect(initial_delay=0.2 * s, max_delay=2.0 * s, jitter=0.25, reset_after=2.0 * s),
             open_timeout=plan.open_timeout,
             close_timeout=max(0.5, s),
         )

@@ -23,7 +23,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -33,11 +33,13 @@ from .codec import encode as encode_frame
 from .config import ClientConfig, validate_url
 from .errors import (
     ClientClosedError,
+    ConfigError,
     ConnectionLostError,
     GaveUpError,
     HandshakeRejected,
     LinkDead,
     OutboxFullError,
+    PeerNotReading,
     RequestTimeout,
     TransportClosed,
 )
@@ -54,11 +56,13 @@ from .events import (
     Reconnecting,
 )
 from .heartbeat import Liveness, PongWatch, ping_payload, run_pinger, run_watchdog
+from .logs import LogLimiter
 from .policy import Backoff, classify, describe
-from .redact import redact_url
+from .redact import Redactor, connection_secrets, redact_url
 from .routing import SYNC_HANDLER_FAILURES, RequestTracker, Router, SequenceGap, handler_failed
 from .state import ConnectionState, Event, StateMachine
 from .transport import ConnectOptions, Connector, InlineTarget, Transport, get_connector
+from .transport.redirect import open_connection
 
 __all__ = ["Client", "Connection", "Subscription"]
 
@@ -191,22 +195,27 @@ class Subscription:
     sends it.
     """
 
-    __slots__ = ("_client", "active", "message", "unsubscribe")
+    __slots__ = ("_client", "_sent_on", "active", "message", "unsubscribe")
 
     def __init__(self, client: Client, message: Outgoing, unsubscribe: Outgoing | None) -> None:
         self._client = client
         self.message = message
         self.unsubscribe = unsubscribe
         self.active = True
+        # The connection the subscribe message went out on (or is queued for); 0: none yet.
+        self._sent_on = 0
 
     async def cancel(self) -> None:
-        """Forget this subscription and send its unsubscribe message when connected. Idempotent."""
+        """Forget this subscription; send its unsubscribe message if the subscribe went out on the
+        current connection (while open, or already replayed on a connection being opened, in which
+        case it follows the replay). Idempotent."""
         if not self.active:
             return
         self.active = False
-        self._client._subscriptions.remove(self)
-        if self.unsubscribe is not None and self._client.state is _S.OPEN:
-            await self._client.send(self.unsubscribe)
+        client = self._client
+        client._subscriptions.remove(self)
+        if self.unsubscribe is not None and client._subscribed_now(self._sent_on):
+            await client.send(self.unsubscribe)
 
     def __repr__(self) -> str:
         return f"<Subscription active={self.active}>"
@@ -224,6 +233,7 @@ class _Counters:
         "heartbeat_misses",
         "messages_in",  # and bytes_in: of ended connections (the current one's are in its Liveness)
         "messages_out",
+        "write_stalls",
     )
 
     def __init__(self) -> None:
@@ -237,6 +247,7 @@ class _Counters:
         self.heartbeat_misses = 0
         self.messages_in = 0
         self.messages_out = 0
+        self.write_stalls = 0
 
 
 class Client:
@@ -250,8 +261,9 @@ class Client:
     sync handlers run as soon as a frame is read when nothing is queued ahead of it, async ones on a
     dispatcher task, with the frames read meanwhile queued behind them.
 
-    ``headers`` are sent with every handshake; credentials in them and in the URL's query string never
-    appear in logs, reprs or events.
+    ``headers`` are sent with every handshake; credentials in them, in the URL (password, token-like
+    query values and path segments) and the strings in ``secrets`` never appear in logs, reprs, events
+    or exception messages, nor in what the server sends back (close reasons, handshake responses).
     """
 
     # Slots: a feeder may hold hundreds of idle clients, and an instance dict costs ~1.6 KiB each.
@@ -281,12 +293,15 @@ class Client:
         "_inbox_limit",
         "_inbox_low",
         "_last_inbound",
+        "_last_rtt",
         "_liveness",
         "_log",
+        "_log_limiter",
         "_message_callbacks",
         "_opened_at",
         "_outbox",
         "_pong_watch",
+        "_redactor",
         "_replay_done",
         "_requests",
         "_router",
@@ -311,11 +326,16 @@ class Client:
         *,
         config: ClientConfig | None = None,
         headers: Mapping[str, str] | None = None,
+        secrets: Iterable[str] = (),
     ) -> None:
+        extra = tuple(secrets)
+        if not all(isinstance(secret, str) for secret in extra):
+            raise ConfigError("secrets must be strings (tokens to mask in logs and events)")
         self._url = validate_url(url)
-        self._safe_url = redact_url(url)
-        self._config = config if config is not None else ClientConfig()
         self._headers = dict(headers or {})
+        self._redactor = Redactor((*connection_secrets(url, self._headers), *extra))
+        self._safe_url = self._redactor.text(redact_url(url))
+        self._config = config if config is not None else ClientConfig()
         self._connector: Connector = get_connector(self._config.transport)
         self._id = next(_client_ids)
         self._log = logging.LoggerAdapter(logger, {"wsclient_client": self._id})
@@ -334,6 +354,8 @@ class Client:
         # go only to on_message callbacks and the router costs nothing.
         self._codec = self._config.codec
         self._requests = RequestTracker(self._config.request_id_field)
+        # What a server can make happen once per frame is logged a few times a minute, not per frame.
+        self._log_limiter = LogLimiter()
         self._router = Router(
             discriminator=self._config.discriminator,
             codec=self._codec,
@@ -341,6 +363,8 @@ class Client:
             on_unknown=self._unknown,
             on_gap=self._gap,
             requests=self._requests,
+            log_limiter=self._log_limiter,
+            redact=self._redactor.text,
         )
         self._routing = False
         # Who takes a frame inline: the router alone, or _process when on_message callbacks come
@@ -376,6 +400,7 @@ class Client:
         self._opened_at: float | None = None
         self._replay_done = False
         self._last_inbound: float | None = None
+        self._last_rtt: tuple[float, float] | None = None  # (rtt, when measured) of an ended connection
 
         self._supervisor: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
@@ -489,7 +514,17 @@ class Client:
         if self._sm.state is _S.OPEN or self._replay_done:
             # The current connection has replayed already: send it like any other message.
             self._enqueue(self._encode(message))
+            sub._sent_on = self._conn_id
         return sub
+
+    def _subscribed_now(self, conn_id: int) -> bool:
+        """Whether a subscribe sent on connection ``conn_id`` is live on the current connection."""
+        return (
+            conn_id != 0
+            and conn_id == self._conn_id
+            and self._transport is not None
+            and self._sm.state in (_S.OPEN, _S.CONNECTING)
+        )
 
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:
@@ -520,11 +555,15 @@ class Client:
         last = self._last_inbound
         liveness = self._liveness
         messages_in, bytes_in = c.messages_in, c.bytes_in
+        rtt = self._last_rtt
         if liveness is not None:
             messages_in += liveness.frames_in
             bytes_in += liveness.bytes_in
             if liveness.frames_in:
                 last = liveness.last_inbound
+            if liveness.last_rtt is not None:
+                rtt = (liveness.last_rtt, liveness.last_rtt_at)
+        now = time.monotonic()
         return ClientStats(
             connects=c.connects,
             reconnects=max(0, c.connects - 1),
@@ -533,8 +572,8 @@ class Client:
             bytes_in=bytes_in,
             messages_out=c.messages_out,
             bytes_out=c.bytes_out,
-            last_rtt=liveness.last_rtt if liveness is not None else None,
-            seconds_since_last_inbound=None if last is None else time.monotonic() - last,
+            last_rtt=None if rtt is None else rtt[0],
+            seconds_since_last_inbound=None if last is None else now - last,
             dropped_in=c.dropped_in,
             dropped_out=c.dropped_out,
             handler_errors=c.handler_errors + self._router.stats.handler_errors,
@@ -545,6 +584,8 @@ class Client:
             heartbeat_misses=c.heartbeat_misses,
             inbound_queued=len(self._inbox or ()),
             outbox_queued=len(self._outbox or ()),
+            last_rtt_age=None if rtt is None else now - rtt[1],
+            write_stalls=c.write_stalls,
         )
 
     def __repr__(self) -> str:
@@ -558,6 +599,9 @@ class Client:
             raise ClientClosedError(f"start() on a client that is {self._sm.state.value}")
         self._state_waiters = []
         self._done = asyncio.get_running_loop().create_future()
+        # The transition happens here, not in the supervisor's first step: a close() right after
+        # start() (before either task has run) must find a started client and stop its tasks.
+        self._sm.handle(_E.START)
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name=f"wsclient-dispatch-{self._id}")
         self._supervisor = asyncio.create_task(self._supervise(), name=f"wsclient-supervisor-{self._id}")
 
@@ -755,7 +799,9 @@ class Client:
         try:
             await transport.send(data)
         except TransportClosed as exc:
-            raise ConnectionLostError(f"connection lost while sending: {describe(exc)}") from exc
+            raise ConnectionLostError(
+                f"connection lost while sending: {self._redactor.text(describe(exc))}"
+            ) from exc
         c = self._counters
         c.messages_out += 1
         c.bytes_out += len(data)
@@ -954,10 +1000,15 @@ class Client:
                 await pending
 
     def _routing_error(self, item: object, exc: BaseException) -> None:
-        # The router has counted and (for handler errors) logged it already.
+        # The router has counted it, and logged it if it was a handler's error.
+        if not self._error_callbacks and (item.__class__ is str or item.__class__ is bytes):
+            # An invalid frame nobody listens for: at least the log says so (rate-limited).
+            self._router.log_invalid(item, exc)
         self._report_error(item, exc)
 
     def _unknown(self, frame: Data) -> None:
+        if not self._unknown_callbacks:
+            self._router.log_unknown(frame)
         for callback in self._unknown_callbacks:
             try:
                 self._run_callback(callback(frame))
@@ -984,7 +1035,15 @@ class Client:
 
     def _handler_error(self, item: object, exc: BaseException) -> None:
         self._counters.handler_errors += 1
-        self._log.error("handler raised %s: %s", type(exc).__name__, exc, exc_info=exc)
+        suppressed = self._log_limiter.allow("handler")
+        if suppressed is not None:
+            self._log.error(
+                "handler raised %s: %s%s",
+                type(exc).__name__,
+                self._redactor.text(str(exc)),
+                LogLimiter.suffix(suppressed),
+                exc_info=exc,
+            )
         self._report_error(item, exc)
 
     def _report_error(self, item: object, exc: BaseException) -> None:
@@ -1038,6 +1097,7 @@ class Client:
             max_size=cfg.max_size,
             compression=cfg.compression,
             user_agent=cfg.user_agent,
+            secrets=self._redactor.secrets,
         )
 
     async def _supervise(self) -> None:
@@ -1045,27 +1105,36 @@ class Client:
         backoff = Backoff(self._config.reconnect)
         options = self._connect_options()
         sm = self._sm
+        redact = self._redactor.text
         try:
             while True:
-                sm.handle(_E.START if sm.state is _S.IDLE else _E.RETRY)
+                if sm.state is _S.RECONNECTING:
+                    sm.handle(_E.RETRY)
                 conn_id = self._conn_id = next(self._conn_ids)
                 opened_at: float | None = None
                 try:
-                    transport = await self._connector(options)
+                    opened = await open_connection(
+                        self._connector,
+                        options,
+                        max_redirects=self._config.max_redirects,
+                        redactor=self._redactor,
+                        log=self._log,
+                    )
                 except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                     raise
                 except BaseException as exc:
                     cause: BaseException = exc
                     self._counters.connect_failures += 1
                 else:
-                    self._transport = transport
+                    transport = self._transport = opened.transport
+                    url = opened.redactor.text(redact_url(opened.url))
                     try:
-                        cause = await self._run_connection(transport, conn_id)
+                        cause = await self._run_connection(transport, conn_id, url)
                         opened_at = self._opened_at
                         # Replies can no longer come: fail the waiters now rather than at their timeout.
                         self._requests.fail_all(
                             ConnectionLostError(
-                                f"connection lost while waiting for a reply: {describe(cause)}"
+                                f"connection lost while waiting for a reply: {redact(describe(cause))}"
                             )
                         )
                     except asyncio.CancelledError:
@@ -1074,18 +1143,12 @@ class Client:
                     finally:
                         transport.abort()
                         self._transport = None
-                        liveness = self._liveness
-                        if liveness is not None:
-                            # While a connection runs, the transport counts into its liveness (one
-                            # count per frame on the hot path, not two); the totals take them now.
-                            self._counters.messages_in += liveness.frames_in
-                            self._counters.bytes_in += liveness.bytes_in
-                            if liveness.frames_in:
-                                # Kept for stats between connections.
-                                self._last_inbound = liveness.last_inbound
-                        self._liveness = None
+                        self._end_liveness()
+                    if isinstance(cause, PeerNotReading):
+                        self._counters.write_stalls += 1
 
                 verdict = classify(cause, self._config.reconnect)
+                reason = redact(verdict.reason)
                 if opened_at is not None and time.monotonic() - opened_at >= (
                     self._config.reconnect.reset_after
                 ):
@@ -1100,31 +1163,50 @@ class Client:
                 outcome = f"retrying in {delay:.3f}s" if delay is not None else "giving up"
                 if opened_at is not None:
                     code = cause.code if isinstance(cause, TransportClosed) else None
-                    self._log.warning("connection %d lost: %s; %s", conn_id, verdict.reason, outcome)
-                    self._emit(Disconnected(conn_id, code, verdict.reason, will_retry, delay))
+                    self._log.warning("connection %d lost: %s; %s", conn_id, reason, outcome)
+                    self._emit(Disconnected(conn_id, code, reason, will_retry, delay))
                 else:
                     status = cause.status if isinstance(cause, HandshakeRejected) else None
+                    asked = verdict.retry_after
+                    if asked is not None and delay is not None and asked > delay:
+                        outcome += f" (the server asked for {asked:g}s: capped by max_retry_after)"
                     self._log.warning(
                         "connect attempt %d to %s failed: %s; %s",
                         backoff.failures,
                         self._safe_url,
-                        verdict.reason,
+                        reason,
                         outcome,
                     )
-                    self._emit(ConnectFailed(backoff.failures, verdict.reason, status, will_retry, delay))
+                    self._emit(ConnectFailed(backoff.failures, reason, status, will_retry, delay, asked))
                 if delay is None:
-                    self._fail(cause, backoff.failures, fatal=not verdict.retry)
+                    self._fail(cause, reason, backoff.failures, fatal=not verdict.retry)
                     return
                 self._emit(Reconnecting(backoff.failures + 1, delay))
                 await asyncio.sleep(delay)
         finally:
             self._transport = None
 
-    def _fail(self, cause: BaseException, attempts: int, *, fatal: bool) -> None:
-        self._failure = GaveUpError(cause, attempts, fatal=fatal, reason=describe(cause))
+    def _end_liveness(self) -> None:
+        """Fold the ended connection's counters into the client's totals."""
+        liveness = self._liveness
+        if liveness is None:
+            return
+        # While a connection runs, the transport counts into its liveness (one count per frame on
+        # the hot path, not two); the totals take them now.
+        self._counters.messages_in += liveness.frames_in
+        self._counters.bytes_in += liveness.bytes_in
+        if liveness.frames_in:
+            # Kept for stats between connections.
+            self._last_inbound = liveness.last_inbound
+        if liveness.last_rtt is not None:
+            self._last_rtt = (liveness.last_rtt, liveness.last_rtt_at)
+        self._liveness = None
+
+    def _fail(self, cause: BaseException, reason: str, attempts: int, *, fatal: bool) -> None:
+        self._failure = GaveUpError(cause, attempts, fatal=fatal, reason=reason)
         self._sm.handle(_E.GIVE_UP)
         self._log.error("%s", self._failure)
-        self._emit(GaveUp(attempts, describe(cause), fatal))
+        self._emit(GaveUp(attempts, reason, fatal))
         # Nothing will ever send these; say so rather than let them vanish.
         self._drop_outbox("client failed")
         task = asyncio.get_running_loop().create_task(self._finish_failed())
@@ -1146,9 +1228,9 @@ class Client:
             async with asyncio.timeout(self._config.close_timeout):
                 await transport.close(code, reason)
         except Exception as exc:
-            self._log.debug("close handshake did not complete: %s", describe(exc))
+            self._log.debug("close handshake did not complete: %s", self._redactor.text(describe(exc)))
 
-    async def _run_connection(self, transport: Transport, conn_id: int) -> BaseException:
+    async def _run_connection(self, transport: Transport, conn_id: int, url: str) -> BaseException:
         """Run one connection until it dies; return the cause of death."""
         self._opened_at = None
         self._replay_done = False
@@ -1168,8 +1250,10 @@ class Client:
                         self._pinger(transport, liveness, conn_id), name=f"wsclient-ping-{conn_id}"
                     )
                 if hb.receive_timeout is not None:
-                    group.create_task(self._watchdog(liveness, conn_id), name=f"wsclient-watchdog-{conn_id}")
-                await self._open(transport, conn_id)
+                    group.create_task(
+                        self._watchdog(transport, liveness, conn_id), name=f"wsclient-watchdog-{conn_id}"
+                    )
+                await self._open(transport, conn_id, url)
                 group.create_task(self._writer(transport), name=f"wsclient-writer-{conn_id}")
                 await asyncio.get_running_loop().create_future()  # until a task fails
         except* _LinkDown as group_exc:
@@ -1185,7 +1269,7 @@ class Client:
         assert cause is not None, "a connection task group ended without a cause"
         return cause
 
-    async def _open(self, transport: Transport, conn_id: int) -> None:
+    async def _open(self, transport: Transport, conn_id: int, url: str) -> None:
         """Hooks → subscription replay → outbox flush → OPEN."""
         reconnect = self._counters.connects > 0
         connection = Connection(self, transport, conn_id, reconnect)
@@ -1196,7 +1280,7 @@ class Client:
                         result = hook(connection)
                         if inspect.isawaitable(result):
                             await result
-            await self._replay(transport)
+            await self._replay(transport, conn_id)
         except ConnectionLostError as exc:
             raise _LinkDown(exc.__cause__ or exc) from None
         except Exception as exc:
@@ -1206,10 +1290,10 @@ class Client:
         self._sm.handle(_E.CONNECTED)
         self._opened_at = time.monotonic()
         self._counters.connects += 1
-        self._log.info("connection %d open to %s", conn_id, self._safe_url)
-        self._emit(Connected(conn_id, self._safe_url, transport.subprotocol, reconnect))
+        self._log.info("connection %d open to %s", conn_id, url)
+        self._emit(Connected(conn_id, url, transport.subprotocol, reconnect))
 
-    async def _replay(self, transport: Transport) -> None:
+    async def _replay(self, transport: Transport, conn_id: int) -> None:
         """Send every active subscription in order, including ones added while replaying."""
         pause = self._config.replay_interval
         sent: set[int] = set()
@@ -1223,7 +1307,10 @@ class Client:
                     continue
                 if pause and len(sent) > 1:
                     await asyncio.sleep(pause)
+                    if not sub.active:  # cancelled during the pause: never sent, nothing to undo
+                        continue
                 await self._send_on(transport, self._encode(sub.message))
+                sub._sent_on = conn_id
         self._replay_done = True
 
     async def _reader(self, transport: Transport, liveness: Liveness) -> None:
@@ -1241,14 +1328,14 @@ class Client:
         if watch is not None:
             ping_frame = self._encode(hb.message)
 
-            async def send_ping() -> Awaitable[float]:
+            async def send_ping() -> asyncio.Future[float]:
                 assert watch is not None
                 future = watch.arm()
                 await transport.send(ping_frame)
                 return future
         else:
 
-            async def send_ping() -> Awaitable[float]:
+            async def send_ping() -> asyncio.Future[float]:
                 return await transport.ping(ping_payload())
 
         try:
@@ -1257,6 +1344,8 @@ class Client:
                 send_ping,
                 transport.write_buffer_size,
                 lambda waited, fatal: self._missed(conn_id, "pong", waited, fatal),
+                transport.inbound_pending,
+                transport.send_blocked,
             )
         except (LinkDead, TransportClosed) as exc:
             raise _LinkDown(exc) from None
@@ -1264,10 +1353,12 @@ class Client:
             if watch is not None:
                 watch.disarm()
 
-    async def _watchdog(self, liveness: Liveness, conn_id: int) -> None:
+    async def _watchdog(self, transport: Transport, liveness: Liveness, conn_id: int) -> None:
         try:
             await run_watchdog(
-                liveness, lambda waited, fatal: self._missed(conn_id, "silence", waited, fatal)
+                liveness,
+                lambda waited, fatal: self._missed(conn_id, "silence", waited, fatal),
+                transport.inbound_pending,
             )
         except LinkDead as exc:
             raise _LinkDown(exc) from None

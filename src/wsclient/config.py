@@ -86,10 +86,16 @@ class Heartbeat(BaseModel):
 class Reconnect(BaseModel):
     """Reconnect policy: exponential backoff with jitter, bounded in attempts and/or time.
 
-    The delay before retry *n* is ``min(max_delay, initial_delay * multiplier**(n-1) + U(0, jitter))``,
-    at least the server's ``Retry-After``. The count of consecutive failed attempts only resets after
-    a connection stayed open ``reset_after`` seconds, so a server that accepts and drops at once sees
-    growing delays, never a tight loop.
+    The delay before retry *n* is drawn from ``[d·(1 - jitter), d]`` with
+    ``d = min(max_delay, initial_delay · multiplier**(n-1))``: the jitter is taken *after* the cap, so
+    a fleet that lost its server for a long time keeps retrying spread out rather than in lock-step.
+    ``jitter=0.5`` (the default) is "equal jitter", ``1`` "full jitter", ``0`` none. A server's
+    ``Retry-After`` (429/503) raises the delay, up to ``max_retry_after`` (by default 10 × ``max_delay``,
+    at least 60 s); a longer request is cut to it and reported in ``ConnectFailed.retry_after``.
+
+    The count of consecutive failed attempts only resets after a connection stayed open
+    ``reset_after`` seconds, so a server that accepts and drops at once sees growing delays, never a
+    tight loop.
     """
 
     model_config = _FROZEN
@@ -97,7 +103,12 @@ class Reconnect(BaseModel):
     initial_delay: float = Field(0.5, gt=0, description="First backoff delay in seconds.")
     max_delay: float = Field(30.0, gt=0, description="Cap on a backoff delay in seconds.")
     multiplier: float = Field(2.0, ge=1, description="Growth factor between delays.")
-    jitter: float = Field(0.25, ge=0, description="Up to this many random seconds added.")
+    jitter: float = Field(
+        0.5,
+        ge=0,
+        description="Random share of each (capped) delay: the wait is drawn from [d·(1-jitter), d]; "
+        "0.5 is equal jitter, 1 full jitter, 0 none.",
+    )
     max_attempts: int | None = Field(
         None, ge=1, description="Consecutive failed attempts before giving up; None: no limit."
     )
@@ -107,12 +118,28 @@ class Reconnect(BaseModel):
     reset_after: float = Field(
         10.0, ge=0, description="Seconds a connection must stay open to reset the attempt count."
     )
+    max_retry_after: float | None = Field(
+        None,
+        gt=0,
+        description="Longest Retry-After honoured, in seconds; a longer one is cut to this (and "
+        "reported). None: 10 × max_delay, at least 60 s.",
+    )
     fatal_close_codes: frozenset[int] = Field(
         DEFAULT_FATAL_CLOSE_CODES, description="Server close codes that stop reconnecting."
     )
     fatal_statuses: frozenset[int] = Field(
         DEFAULT_FATAL_STATUSES, description="Handshake HTTP statuses that stop reconnecting."
     )
+
+    @field_validator("jitter")
+    @classmethod
+    def _check_jitter(cls, value: float) -> float:
+        if value > 1:
+            raise ValueError(
+                f"reconnect.jitter ({value}) is the random share of each delay, between 0 and 1, not "
+                "seconds: use 0.5 (equal jitter), 1 (full jitter) or 0 (none)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -122,6 +149,14 @@ class Reconnect(BaseModel):
                 f"({self.max_delay}s): raise max_delay or lower initial_delay"
             )
         return self
+
+    @property
+    def retry_after_cap(self) -> float:
+        """The longest ``Retry-After`` honoured: ``max_retry_after``, or 10 × ``max_delay`` but at
+        least a minute (a server's minute-scale ``Retry-After`` is honoured whatever the backoff)."""
+        if self.max_retry_after is not None:
+            return self.max_retry_after
+        return max(10 * self.max_delay, 60.0)
 
 
 class ClientConfig(BaseModel):
@@ -142,6 +177,12 @@ class ClientConfig(BaseModel):
     )
     compression: Literal["deflate"] | None = Field(
         None, description='permessage-deflate: "deflate" or None (off; saves ~33 KiB per link).'
+    )
+    max_redirects: int = Field(
+        5,
+        ge=0,
+        description="HTTP redirects of the handshake followed, within open_timeout; 0: none. Credential "
+        "headers are not sent to another origin.",
     )
     subprotocols: tuple[str, ...] = ()
     user_agent: str | None = Field(None, description="User-Agent header; None: the library's.")

@@ -19,8 +19,10 @@ __all__ = [
     "HandshakeRejected",
     "LinkDead",
     "OutboxFullError",
+    "PeerNotReading",
     "RequestTimeout",
     "TransportClosed",
+    "UnsafeRedirect",
     "WSClientError",
 ]
 
@@ -66,6 +68,16 @@ class TransportClosed(WSClientError):
         self.by_peer = by_peer
 
 
+class PeerNotReading(TransportClosed):
+    """The client failed the link because the peer stopped reading while making the client write.
+
+    Pongs (and other automatic replies) to a peer that reads nothing pile up in the client's write
+    buffer; past a bound the client sends close 1008 and aborts the socket rather than buffer without
+    end (a ping flood from a server that never reads, say). Retried like any other lost link, and
+    counted in ``ClientStats.write_stalls``.
+    """
+
+
 class LinkDead(WSClientError):
     """The heartbeat or the silence watchdog declared the link dead (no pong, or a silent feed)."""
 
@@ -93,6 +105,12 @@ class HandshakeRejected(WSClientError):
 
 class HandshakeFailed(WSClientError):
     """The opening handshake failed for a protocol reason (malformed response, bad accept key…)."""
+
+
+class UnsafeRedirect(HandshakeFailed):
+    """The handshake was redirected where wsclient will not follow: from ``wss://`` to plain text,
+    or to a scheme other than ws/wss/http/https. Fatal by default: retrying leads to the same place.
+    """
 
 
 class GaveUpError(WSClientError):

@@ -64,6 +64,9 @@ class ConnectFailed:
     """The HTTP status of a rejected handshake."""
     will_retry: bool
     delay: float | None
+    retry_after: float | None = None
+    """Seconds the server asked to wait (``Retry-After``), as asked: ``delay`` is shorter when it
+    was above ``Reconnect.max_retry_after``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +142,8 @@ class ClientStats:
     messages_out: int
     bytes_out: int
     last_rtt: float | None
-    """Round-trip time of the last answered ping, in seconds."""
+    """Round-trip time of the last answered ping, in seconds; kept across reconnects (see
+    :attr:`last_rtt_age`)."""
     seconds_since_last_inbound: float | None
     dropped_in: int
     """Inbound frames dropped by the overflow policy."""
@@ -156,3 +160,8 @@ class ClientStats:
     heartbeat_misses: int
     inbound_queued: int
     outbox_queued: int
+    last_rtt_age: float | None = None
+    """Seconds since :attr:`last_rtt` was measured (it may come from an earlier connection)."""
+    write_stalls: int = 0
+    """Links the client closed because the peer stopped reading while it kept the client writing
+    (pongs to a ping flood piling up): :class:`~wsclient.errors.PeerNotReading`."""

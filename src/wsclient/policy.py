@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from tenacity import RetryCallState, stop_after_attempt, stop_after_delay, stop_any, stop_never
 from tenacity.stop import stop_base
-from tenacity.wait import wait_base, wait_exponential, wait_random
+from tenacity.wait import wait_base, wait_exponential, wait_random_exponential
 
 from .config import Reconnect
 from .errors import (
@@ -22,6 +22,7 @@ from .errors import (
     HandshakeRejected,
     LinkDead,
     TransportClosed,
+    UnsafeRedirect,
 )
 
 __all__ = ["Backoff", "Verdict", "classify", "describe"]
@@ -41,12 +42,12 @@ class Verdict:
 def classify(cause: BaseException, policy: Reconnect) -> Verdict:
     """Decide whether ``cause`` is worth another attempt.
 
-    Fatal: configuration errors, TLS verification failures, handshake statuses in
-    ``policy.fatal_statuses`` (401/403/404 by default) and close codes in ``policy.fatal_close_codes``
-    (1002/1003/1007/1008/1010 by default) when the server sent them. Everything else is retried:
-    refused or reset connections, timeouts, dead links, other close codes (a server's 1000 included,
-    since the application did not ask to close), 5xx and malformed handshakes. ``Retry-After`` on a
-    rejection is carried along.
+    Fatal: configuration errors, TLS verification failures, redirects to plain text, handshake
+    statuses in ``policy.fatal_statuses`` (401/403/404 by default) and close codes in
+    ``policy.fatal_close_codes`` (1002/1003/1007/1008/1010 by default) when the server sent them.
+    Everything else is retried: refused or reset connections, timeouts, dead links, other close codes
+    (a server's 1000 included, since the application did not ask to close), 5xx, malformed handshakes
+    and too many redirects. ``Retry-After`` on a rejection is carried along.
     """
     reason = describe(cause)
     if isinstance(cause, TransportClosed):
@@ -62,7 +63,7 @@ def classify(cause: BaseException, policy: Reconnect) -> Verdict:
             retry_after=cause.retry_after,
             status=cause.status,
         )
-    if isinstance(cause, ssl.SSLCertVerificationError | ConfigError):
+    if isinstance(cause, ssl.SSLCertVerificationError | ConfigError | UnsafeRedirect):
         return Verdict(retry=False, reason=reason)
     if isinstance(cause, LinkDead | HandshakeFailed | OSError | TimeoutError | EOFError):
         return Verdict(retry=True, reason=reason)
@@ -89,13 +90,22 @@ class Backoff:
     ``next_delay()`` is called once per failure; it returns the delay before the next attempt, or
     ``None`` when the stop strategy says to give up. ``reset()`` starts a new series (after a
     connection that stayed up long enough).
+
+    The wait is tenacity's capped exponential split in two: a fixed share ``1 - jitter`` of it, plus
+    ``wait_random_exponential`` ("full jitter") over the remaining share. Both parts are capped
+    before they are added, so the jitter survives at ``max_delay``: the n-th delay is drawn from
+    ``[d·(1 - jitter), d]`` with ``d = min(max_delay, initial_delay · multiplier^(n-1))``.
     """
 
     def __init__(self, policy: Reconnect) -> None:
         self._policy = policy
+        share = policy.jitter
+        fixed = 1.0 - share
         self._wait: wait_base = wait_exponential(
-            multiplier=policy.initial_delay, exp_base=policy.multiplier, max=policy.max_delay
-        ) + wait_random(0, policy.jitter)
+            multiplier=policy.initial_delay * fixed, exp_base=policy.multiplier, max=policy.max_delay * fixed
+        ) + wait_random_exponential(
+            multiplier=policy.initial_delay * share, exp_base=policy.multiplier, max=policy.max_delay * share
+        )
         stops: list[stop_base] = []
         if policy.max_attempts is not None:
             stops.append(stop_after_attempt(policy.max_attempts))
@@ -121,15 +131,19 @@ class Backoff:
         self._failures = 0
 
     def next_delay(self, retry_after: float | None = None) -> float | None:
-        """Record one failure; return the delay before the next attempt, or None to give up."""
+        """Record one failure; return the delay before the next attempt, or None to give up.
+
+        A server's ``retry_after`` raises the delay, even above ``max_delay`` (retrying earlier only
+        earns another 429), but never above ``Reconnect.retry_after_cap``.
+        """
         self._failures += 1
         state = self._state
         state.attempt_number = self._failures
         state.outcome_timestamp = time.monotonic()
         if self._stop(state):
             return None
+        # Float rounding in the sum of the two capped shares must not poke above the cap.
         delay = min(self._policy.max_delay, self._wait(state))
         if retry_after is not None:
-            # The server's word wins over our cap: retrying earlier only earns another 429.
-            delay = max(delay, retry_after)
+            delay = max(delay, min(retry_after, self._policy.retry_after_cap))
         return delay

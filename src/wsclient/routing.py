@@ -54,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, GetPydanticSch
 from pydantic_core import CoreSchema, ValidationError, core_schema, from_json
 
 from .codec import Codec, Data, JsonCodec, encode
+from .logs import LogLimiter
 
 __all__ = [
     "DiscriminatorSpec",
@@ -511,9 +512,11 @@ class Router:
 
     Hooks are plain functions called inline; an exception they raise is logged, counted in
     ``stats.hook_errors`` and otherwise ignored. Without ``on_error``, invalid frames are logged at
-    WARNING on the ``"wsclient"`` logger; without ``on_unknown``, unknown ones at DEBUG; without
+    WARNING on the ``"wsclient"`` logger; without ``on_unknown``, unknown ones at INFO; without
     ``on_gap``, gaps at WARNING. Handler errors are always logged at ERROR, and also passed to
-    ``on_error``.
+    ``on_error``. All of these can repeat once per frame, so they go through ``log_limiter`` (a
+    :class:`~wsclient.logs.LogLimiter`: a few lines per kind and minute, then a count of the lines
+    suppressed), and frame previews through ``redact`` (the client's secrets masked).
 
     ``requests`` enables request/reply correlation (see :class:`RequestTracker`); ``sequences``
     lets several routers share one :class:`SequenceTracker` (one is created otherwise).
@@ -523,11 +526,13 @@ class Router:
         "_by_tag",
         "_choices",
         "_discriminator",
+        "_limiter",
         "_loads",
         "_on_error",
         "_on_gap",
         "_on_unknown",
         "_plans",
+        "_redact",
         "_registrations",
         "_rules",
         "_tagger",
@@ -563,7 +568,11 @@ class Router:
         on_gap: Callable[[SequenceGap], None] | None = None,
         requests: RequestTracker | None = None,
         sequences: SequenceTracker | None = None,
+        log_limiter: LogLimiter | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
+        self._limiter = log_limiter if log_limiter is not None else LogLimiter()
+        self._redact: Callable[[str], str] = redact if redact is not None else str
         self._discriminator: str | tuple[str, ...] | None
         self._tagger: Callable[[Any], Hashable | None] | None
         if isinstance(discriminator, str):
@@ -912,14 +921,15 @@ class Router:
         if gap is not None:
             if self._on_gap is not None:
                 self._call_hook(self._on_gap, gap)
-            else:
+            elif (suppressed := self._limiter.allow("gap")) is not None:
                 _log.warning(
-                    "sequence %s on stream %r: expected %d, received %d%s",
+                    "sequence %s on stream %r: expected %d, received %d%s%s",
                     gap.kind,
                     gap.stream,
                     gap.expected,
                     gap.received,
                     " (across a reconnect)" if gap.across_reconnect else "",
+                    LogLimiter.suffix(suppressed),
                 )
 
     def _rejected(self, frame: Data, obj: Any, exc: ValidationError) -> Awaitable[None] | None:
@@ -949,8 +959,29 @@ class Router:
         if self._on_unknown is not None:
             self._call_hook(self._on_unknown, frame)
         else:
-            _log.debug("unknown frame: %s", _preview(frame))
+            self.log_unknown(frame)
         return None
+
+    def log_unknown(self, frame: Data) -> None:
+        """Log a frame no model claimed (INFO, rate-limited, redacted)."""
+        suppressed = self._limiter.allow("unknown")
+        if suppressed is not None:
+            _log.info(
+                "unknown frame (no model claims it): %s%s",
+                self._redact(_preview(frame)),
+                LogLimiter.suffix(suppressed),
+            )
+
+    def log_invalid(self, frame: Data, exc: BaseException) -> None:
+        """Log a frame that failed to decode or validate (WARNING, rate-limited, redacted)."""
+        suppressed = self._limiter.allow("invalid")
+        if suppressed is not None:
+            _log.warning(
+                "invalid frame (%s): %s%s",
+                self._redact(_short(exc)),
+                self._redact(_preview(frame)),
+                LogLimiter.suffix(suppressed),
+            )
 
     def _invalid(self, frame: Data, exc: BaseException) -> Awaitable[None] | None:
         # Typed like dispatch() so that every dispatch path can end with `return self._invalid()`.
@@ -958,12 +989,20 @@ class Router:
         if self._on_error is not None:
             self._call_hook(self._on_error, frame, exc)
         else:
-            _log.warning("invalid frame (%s): %s", _short(exc), _preview(frame))
+            self.log_invalid(frame, exc)
         return None
 
     def _handler_failed(self, msg: Any, handler: Callable[..., Any], exc: BaseException) -> None:
         self.stats.handler_errors += 1
-        _log.error("handler %s raised on %s", _name(handler), type(msg).__name__, exc_info=exc)
+        suppressed = self._limiter.allow("handler")
+        if suppressed is not None:
+            _log.error(
+                "handler %s raised on %s%s",
+                _name(handler),
+                type(msg).__name__,
+                LogLimiter.suffix(suppressed),
+                exc_info=exc,
+            )
         if self._on_error is not None:
             self._call_hook(self._on_error, msg, exc)
 
@@ -972,7 +1011,9 @@ class Router:
             hook(*args)
         except Exception:
             self.stats.hook_errors += 1
-            _log.exception("hook %s raised", _name(hook))
+            suppressed = self._limiter.allow("hook")
+            if suppressed is not None:
+                _log.exception("hook %s raised%s", _name(hook), LogLimiter.suffix(suppressed))
 
     # -- connection lifecycle -------------------------------------------------------------------
 

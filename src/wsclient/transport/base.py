@@ -1,16 +1,20 @@
 """The transport interface the supervisor is written against.
 
 A backend provides a :data:`Connector` (open a connection or raise) and a :class:`Transport` (one
-open WebSocket). Backends normalise their library's errors into wsclient's:
+open WebSocket). A connector never follows a redirect itself (:mod:`.redirect` does, the same way
+for every backend). Backends normalise their library's errors into wsclient's:
 
-* a rejected upgrade raises :class:`~wsclient.errors.HandshakeRejected` with status and headers;
+* a rejected upgrade (a redirect included) raises :class:`~wsclient.errors.HandshakeRejected` with
+  status, headers and body as received (the caller redacts them);
 * a malformed handshake raises :class:`~wsclient.errors.HandshakeFailed`;
-* a closed connection raises :class:`~wsclient.errors.TransportClosed` with the close code;
+* a closed connection raises :class:`~wsclient.errors.TransportClosed` with the close code and the
+  reason masked with the connection's secrets;
 * ``OSError``, ``ssl.SSLError`` and ``TimeoutError`` pass through as they are.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import struct
 import sys
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn, Protocol
 
 __all__ = [
+    "CONTROL_BACKLOG",
     "ConnectOptions",
     "Connector",
     "Data",
@@ -29,10 +34,17 @@ __all__ = [
     "Sink",
     "Transport",
     "as_sink",
+    "kernel_recv_queue",
     "kernel_send_queue",
 ]
 
 Data = str | bytes
+
+#: Bytes of automatic replies (pongs, a close echo) a backend lets pile up behind a write buffer that
+#: is already above its high-water mark before it calls the peer unhealthy (it is not reading) and
+#: fails the link with :class:`~wsclient.errors.PeerNotReading`. A well-behaved server pings every
+#: few seconds: at 20 s per ping, this is more than a day of pongs to a peer that reads nothing.
+CONTROL_BACKLOG = 256 * 1024
 
 #: Called by :meth:`Transport.pump` for every inbound message, in order. It returns ``None`` to keep
 #: reading, or an awaitable the pump must wait on before reading more (the inbound queue is full).
@@ -126,6 +138,10 @@ class ConnectOptions:
     max_size: int | None = 2**20
     compression: str | None = None
     user_agent: str | None = None
+    secrets: tuple[str, ...] = ()
+    """Strings the backend masks in its library's logs, in close reasons and handshake errors
+    (:class:`~wsclient.redact.Redactor`); :func:`~wsclient.redact.connection_secrets` of the URL and
+    headers are always masked too."""
 
 
 class Transport(Protocol):
@@ -150,8 +166,12 @@ class Transport(Protocol):
     async def send(self, data: Data) -> None:
         """Send one message: ``str`` as a text frame, ``bytes`` as a binary frame."""
 
-    async def ping(self, payload: bytes) -> Awaitable[float]:
-        """Send a protocol ping; return an awaitable resolving to the round-trip time in seconds."""
+    async def ping(self, payload: bytes) -> asyncio.Future[float]:
+        """Send a protocol ping; return a future of the round-trip time in seconds.
+
+        The future is the caller's: cancelling it or giving up on it affects nothing else. It fails
+        with :class:`~wsclient.errors.TransportClosed` if the connection closes first.
+        """
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Run the close handshake (the caller bounds it in time)."""
@@ -160,10 +180,29 @@ class Transport(Protocol):
         """Drop the TCP connection at once, without a close handshake. Idempotent."""
 
     def write_buffer_size(self) -> int:
-        """Bytes written but not yet handed to the kernel: shrinking means the link makes progress."""
+        """Bytes written but not yet sent by the kernel: shrinking means the link makes progress."""
+
+    def send_blocked(self) -> bool:
+        """Whether the kernel's send buffer is full, so that written bytes wait in user space.
+
+        Lasting, with nothing draining, it means the peer reads nothing of what the client writes.
+        """
+
+    def inbound_pending(self) -> int:
+        """Bytes the kernel has received on this socket that nobody has read yet (0 where unknown).
+
+        Non-zero while the event loop was busy elsewhere (a handler blocking it) or reading is held
+        back: the link delivers, the application is behind. The heartbeat asks before it declares a
+        link dead.
+        """
 
 
 Connector = Callable[[ConnectOptions], Awaitable[Transport]]
+
+
+def kernel_recv_queue(sock: object) -> int:
+    """Bytes waiting in ``sock``'s receive queue, not read yet (``FIONREAD``); 0 where unknown."""
+    return _queue_ioctl(sock, "FIONREAD")
 
 
 def kernel_send_queue(sock: object) -> int:
@@ -172,6 +211,10 @@ def kernel_send_queue(sock: object) -> int:
     An upload on a slow link sits mostly in the kernel, not in asyncio's buffer: watching this queue
     shrink is how the heartbeat tells a busy link from a dead one.
     """
+    return _queue_ioctl(sock, "TIOCOUTQ")
+
+
+def _queue_ioctl(sock: object, request: str) -> int:
     if not sys.platform.startswith("linux"):
         return 0
     fileno = getattr(sock, "fileno", None)
@@ -181,8 +224,8 @@ def kernel_send_queue(sock: object) -> int:
         import fcntl
         import termios
 
-        raw = fcntl.ioctl(fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    except (OSError, ValueError):
+        raw = fcntl.ioctl(fileno(), getattr(termios, request), b"\0\0\0\0")
+    except (OSError, ValueError, AttributeError):
         return 0
     value: int = struct.unpack("i", raw)[0]
     return value

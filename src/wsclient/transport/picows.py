@@ -11,7 +11,13 @@ picows is callback-based: it parses frames straight out of its read buffer and c
 * when the sink returns an awaitable, reading stops (``pause_reading``) until it completes; the
   frames already parsed from the same read are held, in order, and the sink is never called while a
   wait is pending;
-* the close handshake, pings matched by payload, errors normalised as :mod:`.base` says.
+* the close handshake bounded by ``close_timeout`` (then the socket is aborted), nothing delivered
+  after the peer's close frame, pings matched by payload, errors normalised as :mod:`.base` says;
+* the peer's pings answered here rather than by picows, so that pongs to a peer that reads nothing
+  cannot pile up without bound (:data:`~.base.CONTROL_BACKLOG`, then
+  :class:`~wsclient.errors.PeerNotReading`);
+* redirects are not followed here (see :mod:`.redirect`); picows logs on
+  ``wsclient.transport.picows``, masked with the connection's secrets.
 
 The connect path dials the TCP socket itself (picows' ``socket_factory``) so that a connect cancelled
 or timed out in the middle of the opening handshake cannot leave an orphan socket behind that
@@ -29,7 +35,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Awaitable
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from picows import (
@@ -47,18 +53,31 @@ from picows import (
 )
 from websockets.headers import build_authorization_basic
 
-from ..errors import ConfigError, HandshakeFailed, HandshakeRejected, TransportClosed
-from ..redact import RedactingLogger, connection_secrets, redact_text
-from .base import ConnectOptions, Data, FrameSink, InboundMeter, Meter, Sink, as_sink, kernel_send_queue
+from ..errors import ConfigError, HandshakeFailed, HandshakeRejected, PeerNotReading, TransportClosed
+from ..redact import RedactingLogger, Redactor, connection_secrets
+from .base import (
+    CONTROL_BACKLOG,
+    ConnectOptions,
+    Data,
+    FrameSink,
+    InboundMeter,
+    Meter,
+    Sink,
+    as_sink,
+    kernel_recv_queue,
+    kernel_send_queue,
+)
 
 __all__ = ["PicowsTransport", "connect"]
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _CONTINUATION = WSMsgType.CONTINUATION
+_PING = WSMsgType.PING
 _PONG = WSMsgType.PONG
 _CLOSE = WSMsgType.CLOSE
 _monotonic = time.monotonic
+_logger = logging.getLogger("wsclient.transport.picows")
 
 #: Messages held before pump() starts, before reading pauses (websockets' max_queue is 16 too). While
 #: a wait is pending reading is paused at once; what the current read already parsed is held.
@@ -71,6 +90,8 @@ class _Listener(WSListener):
     # Slots: attribute reads on the hot path are cheaper than through an instance dict, and an idle
     # connection is smaller.
     __slots__ = (
+        "_close_timeout",
+        "_close_timer",
         "_direct",
         "_drained",
         "_failed",
@@ -81,22 +102,30 @@ class _Listener(WSListener):
         "_late",
         "_max_size",
         "_own_pending",
+        "_peer_closed",
         "_pending",
         "_reading_paused",
+        "_redactor",
         "_sink",
         "_stamped_at",
+        "_unread_control",
+        "_writing_paused",
         "app_closing",
         "error",
         "meter",
         "pings",
+        "stalled",
         "write_waiter",
         "ws",
     )
 
-    def __init__(self, max_size: int | None) -> None:
+    def __init__(self, max_size: int | None, close_timeout: float, redactor: Redactor) -> None:
         super().__init__()
         self.ws: WSTransport | None = None
         self._max_size = max_size
+        self._close_timeout = close_timeout
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._redactor = redactor
         self._sink: Sink | None = None
         # Messages parsed while no sink may be called: before pump() starts, or while a wait the sink
         # returned is pending. None means "deliver directly".
@@ -122,6 +151,11 @@ class _Listener(WSListener):
         self.error: BaseException | None = None
         self._failed = False  # we failed the connection (1002/1007/1009)
         self._late = False  # a frame was seen after picows' parser failed the connection
+        self._peer_closed = False  # the peer's close frame arrived: nothing after it is delivered
+        self._writing_paused = False
+        # Bytes of pongs written while the write buffer was above its high-water mark.
+        self._unread_control = 0
+        self.stalled: str | None = None
 
     # -- picows callbacks ------------------------------------------------------------------------
 
@@ -167,6 +201,9 @@ class _Listener(WSListener):
         self._slow_frame(transport, frame, frame.msg_type)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
         exc = self.closed()
         for future, _ in self.pings.values():
             if not future.done():
@@ -180,10 +217,13 @@ class _Listener(WSListener):
 
     def pause_writing(self) -> None:
         # The socket's send buffer is above its high-water mark: send() waits until it drains.
+        self._writing_paused = True
         if self.write_waiter is None:
             self.write_waiter = asyncio.get_running_loop().create_future()
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._unread_control = 0
         self._writable()
 
     # -- receive side ----------------------------------------------------------------------------
@@ -198,9 +238,11 @@ class _Listener(WSListener):
             self._stamped_at = meter.frames_in
 
     def _frame(self, transport: WSTransport, frame: WSFrame, msg_type: WSMsgType) -> None:
-        if msg_type is _PONG or msg_type is _CLOSE:
+        if msg_type is _PONG or msg_type is _CLOSE or msg_type is _PING:
             self._control(transport, frame, msg_type)
             return
+        if self._peer_closed:
+            return  # RFC 6455 §5.5.1: the close frame is the last one a peer sends
         if transport.is_close_frame_sent and not self.app_closing and self._after_failure(frame):
             return
         if msg_type is _CONTINUATION:
@@ -282,16 +324,69 @@ class _Listener(WSListener):
         return self._max_size is not None and frame.payload_size > self._max_size
 
     def _control(self, transport: WSTransport, frame: WSFrame, msg_type: WSMsgType) -> None:
-        if msg_type is _PONG:
+        if self._peer_closed:
+            return
+        if msg_type is _PING:
+            self._ping(transport, frame.get_payload_as_bytes())
+        elif msg_type is _PONG:
             self._pong(frame.get_payload_as_bytes())
         elif msg_type is _CLOSE:
+            self._peer_closed = True
             if not transport.is_close_frame_sent:
                 # Echo the peer's code (RFC 6455 §5.5.1); picows cannot send an empty close frame,
                 # so a close without a code is answered with 1000.
                 code = frame.get_close_code().value or 1000
                 transport.send_close(WSCloseCode(code), frame.get_close_message())
+            self.closing()
             transport.disconnect()
-        # PING is answered by picows itself (enable_auto_pong) and never reaches the listener.
+
+    def _ping(self, transport: WSTransport, payload: bytes) -> None:
+        if transport.is_close_frame_sent or self.stalled is not None:
+            return
+        if self._writing_paused:
+            # The peer is not reading what we write: every pong now adds to a buffer that does not
+            # drain. A few are fine (a slow link); a flood is a peer to give up on.
+            self._unread_control += len(payload) + 6
+            if self._unread_control > CONTROL_BACKLOG:
+                self._stall()
+                return
+        transport.send_pong(payload)
+
+    def _stall(self) -> None:
+        self.stalled = (
+            f"peer is not reading: {self._unread_control} bytes of control frames (pongs) piled up "
+            "unsent behind a full write buffer"
+        )
+        self._failed = True
+        ws = self.ws
+        if ws is None:
+            return
+        if not ws.is_close_frame_sent:
+            ws.send_close(WSCloseCode.POLICY_VIOLATION, b"peer not reading")
+        ws.disconnect(graceful=False)
+
+    def parser_failed(self) -> None:
+        """picows' parser failed the connection and sent its close frame: read nothing more.
+
+        (The message parsed just before the failing frame is still delivered: see _after_failure.)
+        """
+        ws = self.ws
+        if ws is not None and not ws.is_disconnected and not self._reading_paused:
+            self._reading_paused = True
+            ws.underlying_transport.pause_reading()
+        self.closing()
+
+    def closing(self) -> None:
+        """A close frame went out or came in: the socket is aborted if not closed within the timeout."""
+        if self._close_timer is None and self.ws is not None and not self.ws.is_disconnected:
+            loop = asyncio.get_running_loop()
+            self._close_timer = loop.call_later(self._close_timeout, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        self._close_timer = None
+        ws = self.ws
+        if ws is not None and not ws.is_disconnected:
+            ws.disconnect(graceful=False)
 
     def _pong(self, payload: bytes) -> None:
         pings = self.pings
@@ -315,6 +410,7 @@ class _Listener(WSListener):
             return
         if not ws.is_close_frame_sent:
             ws.send_close(WSCloseCode(code), reason.encode()[:123])
+        self.closing()
         ws.disconnect()
 
     # -- delivery and backpressure ---------------------------------------------------------------
@@ -422,19 +518,44 @@ class _Listener(WSListener):
 
     def closed(self) -> TransportClosed:
         """The TransportClosed describing how this connection ended (or is ending), as websockets does."""
+        if self.stalled is not None:
+            return PeerNotReading(WSCloseCode.POLICY_VIOLATION.value, self.stalled, by_peer=False)
         ws = self.ws
         handshake = ws.close_handshake if ws is not None else None
         if handshake is None:
             return TransportClosed(1006, "connection dropped without a close frame", by_peer=True)
         sent, rcvd = handshake.sent, handshake.recv
+        text = self._redactor.text
         if sent is not None and not handshake.recv_then_sent and not self.app_closing:
             # We failed the connection (1002/1007/1009…): the peer's echo does not make it theirs.
-            return TransportClosed(sent.code.value, sent.reason or "", by_peer=False)
+            return TransportClosed(sent.code.value, text(sent.reason or ""), by_peer=False)
         if rcvd is not None:
             # A close frame without a code reads as 1005, as in websockets.
-            return TransportClosed(rcvd.code.value or 1005, rcvd.reason or "", by_peer=True)
+            return TransportClosed(rcvd.code.value or 1005, text(rcvd.reason or ""), by_peer=True)
         assert sent is not None
-        return TransportClosed(sent.code.value, sent.reason or "", by_peer=False)
+        return TransportClosed(sent.code.value, text(sent.reason or ""), by_peer=False)
+
+
+class _Log(RedactingLogger):
+    """picows' logger for one connection: masked, and watching for the parser's failure.
+
+    When picows' parser fails (a frame over ``max_size``, bad framing) it sends its close frame, logs
+    "WS parser error" and disconnects 10 ms later; meanwhile it keeps reading into a buffer that
+    doubles with every read and is never parsed again (a server streaming after a 1 GiB frame header
+    fills megabytes). That log line is the only signal picows gives: it makes the listener stop
+    reading at once. The line itself goes to DEBUG: the client reports the close (1009, 1002…) itself.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__(_logger, redactor)
+        self.listener: _Listener | None = None
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.ERROR and isinstance(msg, str) and msg.startswith("WS parser"):
+            if self.listener is not None:
+                self.listener.parser_failed()
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
 
 
 def _discard(data: Data) -> None:
@@ -492,7 +613,7 @@ class PicowsTransport:
             if ws.is_disconnected:
                 raise listener.closed()
 
-    async def ping(self, payload: bytes) -> Awaitable[float]:
+    async def ping(self, payload: bytes) -> asyncio.Future[float]:
         ws = self._ws
         listener = self._listener
         if ws.is_close_frame_sent or ws.is_disconnected:
@@ -514,6 +635,7 @@ class PicowsTransport:
         listener.discard()
         if not ws.is_close_frame_sent:
             ws.send_close(WSCloseCode(code), reason.encode())
+        listener.closing()
         # The listener drops the TCP connection when the peer's close frame arrives.
         with contextlib.suppress(Exception):  # a local failure: the handshake is over either way
             await ws.wait_disconnected()
@@ -525,6 +647,13 @@ class PicowsTransport:
     def write_buffer_size(self) -> int:
         transport = self._ws.underlying_transport
         return int(transport.get_write_buffer_size()) + kernel_send_queue(transport.get_extra_info("socket"))
+
+    def send_blocked(self) -> bool:
+        # asyncio writes straight to the socket until the kernel refuses more; only then it buffers.
+        return int(self._ws.underlying_transport.get_write_buffer_size()) > 0
+
+    def inbound_pending(self) -> int:
+        return kernel_recv_queue(self._ws.underlying_transport.get_extra_info("socket"))
 
 
 class _Dialer:
@@ -580,7 +709,7 @@ async def connect(options: ConnectOptions) -> PicowsTransport:
         )
     headers = dict(options.headers)
     lowered = {k.lower() for k in headers}
-    secrets = connection_secrets(options.url, options.headers)
+    secrets = [*options.secrets, *connection_secrets(options.url, options.headers)]
     url = options.url
     parts = urlsplit(url)
     if parts.username is not None or parts.password is not None:
@@ -600,20 +729,31 @@ async def connect(options: ConnectOptions) -> PicowsTransport:
     if parts.scheme == "wss":
         ssl_context = options.ssl_context if options.ssl_context is not None else ssl.create_default_context()
     max_size = options.max_size
+    close_timeout = options.close_timeout
+    redactor = Redactor(secrets)
+    log = _Log(redactor)
+
+    def make_listener() -> _Listener:
+        listener = _Listener(max_size, close_timeout, redactor)
+        log.listener = listener
+        return listener
+
     dialer = _Dialer()
     try:
         async with asyncio.timeout(options.open_timeout):
             ws, listener = await ws_connect(
-                lambda: _Listener(max_size),
+                make_listener,
                 url,
                 ssl_context=ssl_context,
                 # open_timeout bounds the whole connect (above); this one also ends a handshake
                 # that a cancellation left behind, should the shutdown below come too late.
                 websocket_handshake_timeout=options.open_timeout,
-                logger_name=RedactingLogger(logging.getLogger("picows.client"), secrets),
+                logger_name=log,
                 # wsclient's heartbeat is the single source of truth for liveness.
                 enable_auto_ping=False,
-                enable_auto_pong=True,
+                # The listener answers pings itself, within a bound (see _Listener._ping).
+                enable_auto_pong=False,
+                max_redirects=0,
                 # One frame over max_size fails at the parser, before it is buffered.
                 max_frame_size=max_size if max_size is not None else sys.maxsize,
                 extra_headers=headers,
@@ -632,12 +772,12 @@ async def connect(options: ConnectOptions) -> PicowsTransport:
             raise ConfigError("url is not a valid WebSocket URI: use ws(s)://host[:port]/path") from None
         if isinstance(exc, WSHandshakeError):
             # The server's words may quote our own headers back: mask them.
-            raise HandshakeFailed(redact_text(f"invalid handshake: {exc}", secrets)) from None
+            raise HandshakeFailed(redactor.text(f"invalid handshake: {exc}")) from None
         raise
     if not isinstance(listener, _Listener):
         # picows returns without a listener when the connection closed before the response.
         ws.disconnect(graceful=False)
-        raise HandshakeFailed("connection closed during the opening handshake")
+        raise HandshakeFailed("invalid handshake: connection closed during the opening handshake")
     dialer.sock = None
     listener.ws = ws
     response = ws.response
@@ -649,5 +789,5 @@ async def connect(options: ConnectOptions) -> PicowsTransport:
         problem = "server negotiated an extension, which was not offered"
     if problem is not None:
         ws.disconnect(graceful=False)
-        raise HandshakeFailed(redact_text(f"invalid handshake: {problem}", secrets))
+        raise HandshakeFailed(redactor.text(f"invalid handshake: {problem}"))
     return PicowsTransport(ws, listener, subprotocol)

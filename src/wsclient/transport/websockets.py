@@ -1,10 +1,28 @@
-"""The default backend, on the ``websockets`` asyncio implementation."""
+"""The default backend, on the ``websockets`` asyncio implementation.
+
+``websockets`` does the framing and the protocol; this module adds the few bounds a long-running client
+needs and the library leaves to its caller:
+
+* **A closing handshake ends within ``close_timeout``.** Once a close frame has been sent or received
+  (``protocol.close_expected()``), a timer aborts the socket if the server has not closed TCP by
+  then, as the protocol's documentation asks. Without it, a server that sends its close frame and
+  keeps the connection open leaves ``recv()`` waiting forever.
+* **A peer that does not read cannot make the client buffer without bound.** Pongs (and a close
+  echo) are written without flow control; while the write buffer is already above its high-water
+  mark, what they add is counted, and beyond :data:`CONTROL_BACKLOG` bytes the link is failed (1008,
+  then aborted) with :class:`~wsclient.errors.PeerNotReading`.
+* **A send is sent only if the socket took it.** ``websockets`` lets a ``send()`` waiting on
+  backpressure return normally when the connection is aborted underneath it; this backend raises
+  :class:`~wsclient.errors.TransportClosed` instead.
+* Redirects are not followed here (see :mod:`.redirect`), close reasons are masked with the
+  connection's secrets, and the library logs on ``wsclient.transport.websockets``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable
 from typing import Any, NoReturn
 
 from websockets.asyncio.client import ClientConnection
@@ -15,34 +33,123 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
 )
+from websockets.frames import CloseCode
+from websockets.protocol import State
 
-from ..errors import ConfigError, HandshakeFailed, HandshakeRejected, TransportClosed
-from ..redact import RedactingLogger, connection_secrets, redact_text
-from .base import ConnectOptions, Data, FrameSink, InboundMeter, Meter, Sink, as_sink, kernel_send_queue
+from ..errors import ConfigError, HandshakeFailed, HandshakeRejected, PeerNotReading, TransportClosed
+from ..redact import RedactingLogger, Redactor, connection_secrets
+from .base import (
+    CONTROL_BACKLOG,
+    ConnectOptions,
+    Data,
+    FrameSink,
+    InboundMeter,
+    Meter,
+    Sink,
+    as_sink,
+    kernel_recv_queue,
+    kernel_send_queue,
+)
 
 __all__ = ["WebsocketsTransport", "connect"]
 
+_logger = logging.getLogger("wsclient.transport.websockets")
 
-def _closed(exc: ConnectionClosed) -> TransportClosed:
-    if exc.rcvd is not None:
-        return TransportClosed(exc.rcvd.code, exc.rcvd.reason, by_peer=True)
-    if exc.sent is not None:
-        # We sent a close frame and got none back: e.g. 1009 for an oversized message.
-        return TransportClosed(exc.sent.code, exc.sent.reason, by_peer=False)
-    return TransportClosed(1006, "connection dropped without a close frame", by_peer=True)
+
+class _Connection(ClientConnection):
+    """websockets' client connection, with a bounded closing handshake and a bounded control backlog."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.close_timer: asyncio.TimerHandle | None = None
+        # Bytes that automatic replies (pongs, the close echo) added to a write buffer that was
+        # already above its high-water mark: the peer is not reading them.
+        self.unread_control = 0
+        self.stalled: str | None = None
+
+    def data_received(self, data: bytes) -> None:
+        paused = self.paused
+        before = self.transport.get_write_buffer_size() if paused else 0
+        super().data_received(data)
+        if paused and self.stalled is None:
+            added = self.transport.get_write_buffer_size() - before
+            if added > 0:
+                self.unread_control += added
+                if self.unread_control > CONTROL_BACKLOG:
+                    self._stall()
+        self._arm_close_timer()
+
+    def send_data(self) -> None:
+        super().send_data()
+        # Our own close frame (close() or a failure) also starts the closing handshake's clock.
+        self._arm_close_timer()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.unread_control = 0
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        super().connection_lost(exc)
+
+    def _arm_close_timer(self) -> None:
+        if (
+            self.close_timer is None
+            and self.protocol.state is State.CLOSING
+            and self.close_timeout is not None
+            and not self.transport.is_closing()
+        ):
+            self.close_timer = self.loop.call_later(self.close_timeout, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        self.close_timer = None
+        if self.protocol.state is not State.CLOSED:
+            self.set_connection_exc(TimeoutError("timed out while closing connection"))
+            self.transport.abort()
+
+    def _stall(self) -> None:
+        self.stalled = (
+            f"peer is not reading: {self.unread_control} bytes of control frames (pongs) piled up "
+            "unsent behind a full write buffer"
+        )
+        if self.protocol.state is State.OPEN:
+            # The close frame will most likely never be read; it says why, should it be.
+            self.protocol.fail(CloseCode.POLICY_VIOLATION, "peer not reading")
+        self.transport.abort()
 
 
 class WebsocketsTransport:
     """A :class:`~wsclient.transport.base.Transport` over a ``websockets`` ClientConnection."""
 
-    __slots__ = ("_ws",)
+    __slots__ = ("_redactor", "_ws")
 
-    def __init__(self, ws: ClientConnection) -> None:
+    def __init__(self, ws: _Connection, redactor: Redactor) -> None:
         self._ws = ws
+        self._redactor = redactor
 
     @property
     def subprotocol(self) -> str | None:
         return self._ws.subprotocol
+
+    def _closed(self, exc: ConnectionClosed) -> TransportClosed:
+        stalled = self._ws.stalled
+        if stalled is not None:
+            return PeerNotReading(CloseCode.POLICY_VIOLATION, stalled, by_peer=False)
+        text = self._redactor.text
+        if exc.rcvd is not None:
+            return TransportClosed(exc.rcvd.code, text(exc.rcvd.reason), by_peer=True)
+        if exc.sent is not None:
+            # We sent a close frame and got none back: e.g. 1009 for an oversized message.
+            return TransportClosed(exc.sent.code, text(exc.sent.reason), by_peer=False)
+        return TransportClosed(1006, "connection dropped without a close frame", by_peer=True)
+
+    async def _lost(self) -> NoReturn:
+        """Raise the TransportClosed of a connection whose socket is closing or closed."""
+        ws = self._ws
+        await asyncio.shield(ws.connection_lost_waiter)
+        raise self._closed(ws.protocol.close_exc)
 
     async def pump(self, sink: Sink | FrameSink, meter: InboundMeter | None = None) -> NoReturn:
         recv = self._ws.recv
@@ -67,29 +174,43 @@ class WebsocketsTransport:
                 if wait is not None:
                     await wait
         except ConnectionClosed as exc:
-            raise _closed(exc) from None
+            raise self._closed(exc) from None
 
     async def send(self, data: Data) -> None:
+        ws = self._ws
         try:
-            await self._ws.send(data)
+            await ws.send(data)
         except ConnectionClosed as exc:
-            raise _closed(exc) from None
+            raise self._closed(exc) from None
+        if ws.transport.is_closing():
+            # The socket was aborted while this send waited for the buffer to drain (websockets then
+            # returns normally): the frame is in a buffer that will never be written.
+            await self._lost()
 
-    async def ping(self, payload: bytes) -> Awaitable[float]:
+    async def ping(self, payload: bytes) -> asyncio.Future[float]:
         try:
             pong = await self._ws.ping(payload)
         except ConnectionClosed as exc:
-            raise _closed(exc) from None
-        return self._pong(pong)
+            raise self._closed(exc) from None
+        # A future of our own, so that a caller giving up on it does not cancel websockets' (a late
+        # pong would go unnoticed), and so that it fails with TransportClosed, not ConnectionClosed.
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        asyncio.ensure_future(pong).add_done_callback(lambda done: self._settle(done, future))
+        return future
 
-    @staticmethod
-    async def _pong(pong: Awaitable[float]) -> float:
-        # websockets fails a pending pong with its own ConnectionClosed when the link closes;
-        # the interface promises TransportClosed, with the close code the supervisor classifies.
-        try:
-            return await pong
-        except ConnectionClosed as exc:
-            raise _closed(exc) from None
+    def _settle(self, pong: asyncio.Future[float], future: asyncio.Future[float]) -> None:
+        if future.done():
+            return
+        if pong.cancelled():
+            future.cancel()
+            return
+        exc = pong.exception()
+        if exc is None:
+            future.set_result(pong.result())
+        else:
+            future.set_exception(self._closed(exc) if isinstance(exc, ConnectionClosed) else exc)
+            # Retrieved by nobody when the heartbeat has moved on: say it was, to keep logs quiet.
+            future.exception()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self._ws.close(code, reason)
@@ -101,14 +222,29 @@ class WebsocketsTransport:
         transport = self._ws.transport
         return transport.get_write_buffer_size() + kernel_send_queue(transport.get_extra_info("socket"))
 
+    def send_blocked(self) -> bool:
+        # asyncio writes straight to the socket until the kernel refuses more; only then it buffers.
+        return self._ws.transport.get_write_buffer_size() > 0
+
+    def inbound_pending(self) -> int:
+        return kernel_recv_queue(self._ws.transport.get_extra_info("socket"))
+
+
+class _connect(ws_connect):
+    """``websockets.connect`` that hands redirects back to the caller (:mod:`.redirect`)."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
+
 
 async def connect(options: ConnectOptions) -> WebsocketsTransport:
     """Open a connection with ``websockets``; errors are normalised as the interface says."""
     kwargs: dict[str, Any] = {}
     if options.url.startswith("wss:") and options.ssl_context is not None:
         kwargs["ssl"] = options.ssl_context
+    redactor = Redactor((*options.secrets, *connection_secrets(options.url, options.headers)))
     try:
-        ws = await ws_connect(
+        ws = await _connect(
             options.url,
             additional_headers=dict(options.headers),
             subprotocols=[s for s in options.subprotocols] or None,  # type: ignore[misc]
@@ -120,10 +256,9 @@ async def connect(options: ConnectOptions) -> WebsocketsTransport:
             close_timeout=options.close_timeout,
             max_size=options.max_size,
             proxy=None,
-            logger=RedactingLogger(
-                logging.getLogger("websockets.client"), connection_secrets(options.url, options.headers)
-            ),
+            logger=RedactingLogger(_logger, redactor),
             user_agent_header=options.user_agent or "wsclient (websockets)",
+            create_connection=_Connection,
             **kwargs,
         )
     except InvalidStatus as exc:
@@ -136,6 +271,6 @@ async def connect(options: ConnectOptions) -> WebsocketsTransport:
         raise ConfigError("url is not a valid WebSocket URI: use ws(s)://host[:port]/path") from None
     except InvalidHandshake as exc:
         # The server's words may quote our own headers back (a key in a bad accept header): mask.
-        secrets = connection_secrets(options.url, options.headers)
-        raise HandshakeFailed(redact_text(f"invalid handshake: {exc}", secrets)) from None
-    return WebsocketsTransport(ws)
+        raise HandshakeFailed(redactor.text(f"invalid handshake: {exc}")) from None
+    assert isinstance(ws, _Connection)
+    return WebsocketsTransport(ws, redactor)
