@@ -261,6 +261,50 @@ async def test_blackhole_accepts_new_connections_but_never_answers(proxy: ChaosP
         assert await _echo(ws, "hi") == "hi"
 
 
+async def test_stall_holds_the_uplink_while_the_downlink_flows(proxy: ChaosProxy) -> None:
+    async with _connect(proxy, "/ticks") as ws:
+        assert await _recv(ws) == "tick"
+        proxy.stall(True)
+        assert proxy.stalled
+        pong = await ws.ping()  # held at the proxy: the server never sees it
+        ticks = [await _recv(ws) for _ in range(3)]  # while the server's traffic still arrives
+        assert ticks == ["tick"] * 3
+        assert not pong.done()
+        assert ws.state is State.OPEN and proxy.connections == 1
+
+        proxy.stall(False)
+        async with asyncio.timeout(2):
+            await pong
+
+
+async def test_stall_backs_the_sender_up_and_loses_nothing(raw_proxy: ChaosProxy, raw_echo: _RawEcho) -> None:
+    reader, writer = await _open(raw_proxy)
+    writer.write(b"before")
+    async with asyncio.timeout(2):
+        assert await reader.readexactly(6) == b"before"
+    raw_proxy.stall(True)
+    payload = random.randbytes(8 * 1024 * 1024)  # more than the socket buffers on the way take
+    writer.write(payload)
+    drained = asyncio.ensure_future(writer.drain())
+    try:
+        # The sender's buffer does not drain: nothing of it reaches the echo server meanwhile.
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await asyncio.shield(drained)
+        assert raw_proxy.bytes_up == 6
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await reader.read(1)
+        raw_proxy.stall(False)
+        async with asyncio.timeout(5):
+            echoed = await reader.readexactly(len(payload))
+            await drained
+    finally:
+        drained.cancel()
+    assert echoed == payload  # in order, nothing lost
+    await _close(writer)
+
+
 async def test_reset_aborts_live_connections(proxy: ChaosProxy) -> None:
     async with _connect(proxy) as ws:
         assert await _echo(ws, "hi") == "hi"

@@ -558,3 +558,193 @@ async def test_ipv6_loopback() -> None:
             assert await recv_json(ws) == {"type": "pong", "id": 1}
     finally:
         await feed.stop()
+
+
+# -- redirects, a close frame with no TCP close, a server that stops reading, ping floods ----
+
+
+async def _raw_connect(
+    feed: FeedServer, key: str = "raw"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket client written by hand: it sees every frame, pings included, and answers none."""
+    reader, writer = await asyncio.open_connection(feed.host, feed.port)
+    writer.write(
+        f"GET {feed.path} HTTP/1.1\r\nHost: {feed.host}:{feed.port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 13\r\nX-Client-Id: {key}\r\n\r\n".encode()
+    )
+    async with asyncio.timeout(TIMEOUT):
+        response = await reader.readuntil(b"\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return reader, writer
+
+
+def _masked_text(message: dict[str, Any]) -> bytes:
+    payload = json.dumps(message).encode()
+    assert len(payload) < 126
+    return bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload  # an all-zero mask key
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    async with asyncio.timeout(TIMEOUT):
+        first, second = await reader.readexactly(2)
+        n = second & 0x7F
+        if n == 126:
+            n = int.from_bytes(await reader.readexactly(2), "big")
+        elif n == 127:
+            n = int.from_bytes(await reader.readexactly(8), "big")
+        return first & 0x0F, await reader.readexactly(n)
+
+
+async def _nothing_more(reader: asyncio.StreamReader, within: float = 0.1) -> None:
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(within):
+            await reader.read(1)
+
+
+async def test_redirect_sends_clients_to_the_second_listener() -> None:
+    async with FeedServer(rate=RATE, alt_port=0) as feed:
+        assert feed.alt_port not in (None, 0, feed.port)
+        assert feed.alt_url == f"ws://127.0.0.1:{feed.alt_port}/stream"
+        feed.redirect(307)
+        headers = {"X-Client-Id": "t1", "X-Api-Key": "k-123"}
+        async with connect(
+            feed.url + "?v=1",
+            proxy=None,
+            additional_headers=headers,
+            ping_interval=None,
+            open_timeout=TIMEOUT,
+        ) as ws:
+            await subscribe(ws, "trades", "BTC-USD")  # the same feed, on the other port
+            await data(ws, 1)
+            assert feed.current_connections("t1") == 1
+        redirected, followed = feed.handshakes
+        assert (redirected.port, redirected.status, redirected.path) == (feed.port, 307, "/stream?v=1")
+        assert (followed.port, followed.status, followed.path) == (feed.alt_port, 101, "/stream?v=1")
+        assert redirected.header("x-api-key") == "k-123" and followed.key == "t1"
+        assert feed.redirected_handshakes == 1
+
+        # The Location as sent, with an explicit target.
+        feed.redirect(301, location="ws://127.0.0.1:9/elsewhere")
+        reader, writer = await asyncio.open_connection(feed.host, feed.port)
+        writer.write(f"GET /stream HTTP/1.1\r\nHost: 127.0.0.1:{feed.port}\r\n\r\n".encode())
+        async with asyncio.timeout(TIMEOUT):
+            response = (await reader.readuntil(b"\r\n\r\n")).decode()
+        writer.close()
+        assert (
+            response.startswith("HTTP/1.1 301") and "\r\nLocation: ws://127.0.0.1:9/elsewhere\r\n" in response
+        )
+
+        feed.redirect(None)
+        feed.handshakes.clear()
+        async with client(feed):
+            pass
+        assert [(h.port, h.status) for h in feed.handshakes] == [(feed.port, 101)]
+
+        alt = feed.alt_port
+        await feed.restart()
+        assert feed.alt_port == alt  # both listeners come back where they were
+        async with connect(feed.alt_url or "", proxy=None, open_timeout=TIMEOUT) as ws:
+            await send(ws, op="ping", id=1)
+            assert await recv_json(ws) == {"type": "pong", "id": 1}
+
+        with pytest.raises(ValueError, match="status must be one of"):
+            feed.redirect(200)
+    with pytest.raises(ValueError, match="alt_port"):
+        FeedServer().redirect(307)
+
+
+async def test_close_and_hang_sends_a_close_frame_then_nothing_and_never_closes(server: FeedServer) -> None:
+    reader, writer = await _raw_connect(server)
+    try:
+        writer.write(_masked_text({"op": "subscribe", "channel": "trades", "symbol": "BTC-USD", "id": 1}))
+        await server.wait_for_subscriptions("raw", 1)
+        assert server.close_and_hang(1011, "bye", key="raw") == 1
+        for _ in range(MAX_FRAMES):
+            opcode, payload = await _read_frame(reader)
+            if opcode == 0x8:
+                break
+            assert opcode == 0x1  # data written before the close frame
+        assert payload == (1011).to_bytes(2, "big") + b"bye"
+        # The feed goes on, but nothing more is written to this client, and the socket stays open.
+        sent = server.messages_sent("raw")
+        await server.wait_for_seq("trades", "BTC-USD", server.stream_seq("trades", "BTC-USD") + 5)
+        await _nothing_more(reader)
+        assert server.messages_sent("raw") == sent
+        assert not reader.at_eof()
+        # Nothing it sends is read either: not the close echo, not a request.
+        writer.write(_masked_text({"op": "ping", "id": 2}) + bytes([0x88, 0x82, 0, 0, 0, 0, 0x03, 0xF3]))
+        await _nothing_more(reader)
+        assert server.received == [
+            ("raw", '{"op": "subscribe", "channel": "trades", "symbol": "BTC-USD", "id": 1}')
+        ]
+        assert (server.current_connections("raw"), server.hung_connections) == (1, 1)
+    finally:
+        writer.transport.abort()  # what a client does once its close timeout has passed
+    # The server notices the client's abort only once it reads again (and discards what it reads).
+    assert server.resume_reading("raw") == 1
+    await server.wait_until(lambda: server.current_connections("raw") == 0)
+    assert len(server.received) == 1
+
+
+async def test_stop_reading_keeps_feeding_then_resume_reads_or_discards(server: FeedServer) -> None:
+    async with client(server) as ws:
+        await subscribe(ws, "trades", "BTC-USD")
+        assert server.stop_reading("t1") == 1
+        await send(ws, op="ping", id=1)
+        assert all(m["type"] == "trade" for m in await data(ws, 3))  # streams flow, the ping waits
+        assert len(server.received) == 1
+        assert server.resume_reading("t1") == 1
+        pong, _ = await recv_until(ws, lambda m: m.get("type") == "pong")
+        assert pong == {"type": "pong", "id": 1}
+
+        server.stop_reading("t1")
+        await send(ws, op="ping", id=2)
+        await data(ws, 2)
+        server.resume_reading("t1", discard=True)  # the ping was never read: it is lost
+        await server.wait_for_seq("trades", "BTC-USD", server.stream_seq("trades", "BTC-USD") + 3)
+        ws.transport.abort()
+    await server.wait_until(lambda: server.current_connections("t1") == 0)
+    assert [json.loads(frame)["op"] for _, frame in server.received] == ["subscribe", "ping"]
+    assert server.resume_reading("t1") == 0
+
+
+async def test_flood_pings_writes_whole_ping_frames_between_data_and_reads_nothing(
+    server: FeedServer,
+) -> None:
+    reader, writer = await _raw_connect(server)
+    try:
+        writer.write(_masked_text({"op": "subscribe", "channel": "trades", "symbol": "BTC-USD", "id": 1}))
+        assert json.loads((await _read_frame(reader))[1])["type"] == "ack"
+        ping = 2 + 125
+        assert server.flood_pings("raw", max_bytes=300 * ping + 50, duration=TIMEOUT) == 1
+        writer.write(_masked_text({"op": "ping", "id": 2}))  # unread while flooding
+        pings, trades = 0, []
+        for _ in range(MAX_FRAMES):
+            opcode, payload = await _read_frame(reader)
+            if opcode == 0x9:
+                assert payload == (b"flood" * 25)[:125]
+                pings += 1
+            else:
+                message = json.loads(payload)
+                assert message["type"] == "trade"  # whole data frames, never the pong
+                trades.append(message["seq"])
+            if pings == 300 and len(trades) >= 3:
+                break
+        assert trades == list(range(trades[0], trades[0] + len(trades)))
+        assert server.ping_flood_bytes == 300 * ping  # whole frames only, within max_bytes
+        assert len(server.received) == 1
+        # Reading again ends the flood; the request sent meanwhile is read and answered now.
+        assert server.resume_reading("raw") == 1
+        for _ in range(MAX_FRAMES):
+            opcode, payload = await _read_frame(reader)
+            if opcode == 0x1 and json.loads(payload)["type"] == "pong":
+                break
+        assert server.ping_flood_bytes == 300 * ping
+    finally:
+        writer.transport.abort()
+
+    with pytest.raises(ValueError, match="payload_size"):
+        server.flood_pings(payload_size=126)
+    with pytest.raises(ValueError, match="max_bytes"):
+        server.flood_pings(max_bytes=10)

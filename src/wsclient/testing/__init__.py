@@ -1,6 +1,6 @@
 """Test helpers for code built on wsclient: fault-injecting network components."""
 
-from wsclient.testing.feed import CHANNELS, DEFAULT_SYMBOLS, Fault, FeedServer, ReceivedFrame
+from wsclient.testing.feed import CHANNELS, DEFAULT_SYMBOLS, Fault, FeedServer, Handshake, ReceivedFrame
 from wsclient.testing.proxy import ChaosProxy
 
 __all__ = [
@@ -9,5 +9,6 @@ __all__ = [
     "ChaosProxy",
     "Fault",
     "FeedServer",
+    "Handshake",
     "ReceivedFrame",
 ]

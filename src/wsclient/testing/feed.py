@@ -3,8 +3,9 @@
 :class:`FeedServer` behaves like an exchange's streaming endpoint: clients subscribe to
 ``(channel, symbol)`` streams and receive deterministic, sequence-numbered JSON messages.
 Every fault a resilient client must survive (close codes, dropped TCP, unanswered pings,
-stalled data, rejected handshakes, idle cut-offs, restarts) can be triggered at run time
-or scheduled up front, and the server keeps the accounting a test needs to check what a
+stalled data, rejected or redirected handshakes, idle cut-offs, restarts, a close frame with
+no TCP close after it, a server that stops reading, a ping flood) can be triggered at run
+time or scheduled up front, and the server keeps the accounting a test needs to check what a
 client did.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http
 import inspect
 import json
@@ -36,8 +38,10 @@ from websockets.http11 import Request, Response
 __all__ = [
     "CHANNELS",
     "DEFAULT_SYMBOLS",
+    "REDIRECT_STATUSES",
     "Fault",
     "FeedServer",
+    "Handshake",
     "ReceivedFrame",
 ]
 
@@ -61,6 +65,13 @@ _BOOK_DEPTH: Final = 5
 # serialized PONG frame always starts with exactly FIN | PONG.
 _PONG_FIRST_BYTE: Final = bytes([0x80 | Opcode.PONG.value])
 _ANONYMOUS: Final = "anonymous"
+# A flood is written in batches of about this many bytes, each followed by a wait for the socket
+# to drain below websockets' write limit, so the server itself never buffers more than a batch.
+_FLOOD_BATCH: Final = 64 * 1024
+_HANDSHAKES_KEPT: Final = 1000
+
+REDIRECT_STATUSES: Final[frozenset[int]] = frozenset({301, 302, 303, 307, 308})
+"""HTTP statuses :meth:`FeedServer.redirect` accepts."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,27 @@ class Fault:
 
     at: float
     action: Callable[[FeedServer], object]
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """One opening handshake as the server saw it, kept in :attr:`FeedServer.handshakes`."""
+
+    port: int
+    """Port of the listener that received it: :attr:`FeedServer.port` or :attr:`FeedServer.alt_port`."""
+    path: str
+    """Request path, with the query string."""
+    key: str
+    """The client's ``X-Client-Id`` (``"anonymous"`` without one)."""
+    headers: tuple[tuple[str, str], ...]
+    """Every request header, in order, as sent."""
+    status: int
+    """101 when the server went on with the upgrade, else the HTTP status it answered with."""
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or ``None`` if it was not sent."""
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key.lower() == wanted), None)
 
 
 @dataclass(frozen=True)
@@ -145,6 +177,12 @@ class _FeedConnection(ServerConnection):
         super().__init__(*args, **kwargs)
         self.last_rx = self.loop.time()
         self.lost = False
+        self.reading_stopped = False
+        """Set by :meth:`FeedServer.stop_reading`: the socket is not read at all."""
+        self.discarding = False
+        """Bytes read are thrown away unprocessed (after a hang or a flood)."""
+        self.silenced = False
+        """Nothing websockets wants to write reaches the socket any more (after a hang)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -152,14 +190,26 @@ class _FeedConnection(ServerConnection):
         sock = transport.get_extra_info("socket")
         if size is not None and sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        # websockets resumes reading by itself once its own receive queue drains; a connection
+        # whose reading was stopped on purpose must stay stopped.
+        self.recv_messages.resume = self._resume_unless_stopped
+
+    def _resume_unless_stopped(self) -> None:
+        if not self.reading_stopped:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         # Any bytes count as life, including protocol pings: that is what a reverse
         # proxy's read timeout sees.
         self.last_rx = self.loop.time()
+        if self.discarding:
+            return
         super().data_received(data)
 
     def send_data(self) -> None:
+        if self.silenced:
+            self.protocol.data_to_send()  # consumed, never written
+            return
         # The sans-I/O protocol queues a PONG for every PING by itself; dropping the
         # serialized frame here is the one place that catches it before the socket.
         if self.feed.ignore_pings:
@@ -196,6 +246,7 @@ class _Client:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     sent: int = 0
     dropping: bool = False
+    hung: bool = False
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -234,6 +285,10 @@ class FeedServer:
     Clients are identified by their ``X-Client-Id`` request header (``"anonymous"``
     without one).
 
+    With ``alt_port``, the same feed is also served on a second port: another origin for a
+    client (same host, other port), e.g. the target of :meth:`redirect`. Both listeners share
+    the streams, the accounting and every fault except the redirect itself.
+
     Use as ``async with FeedServer() as server:`` or call :meth:`start` / :meth:`stop`.
     """
 
@@ -252,6 +307,7 @@ class FeedServer:
         max_buffer: int = 1000,
         send_buffer: int | None = None,
         faults: Iterable[Fault] = (),
+        alt_port: int | None = None,
     ) -> None:
         """Configure the server; nothing listens until :meth:`start`.
 
@@ -271,6 +327,8 @@ class FeedServer:
             send_buffer: ``SO_SNDBUF`` for client sockets. The kernel default can absorb
                 megabytes, so a slow-consumer test sets a few KiB to overflow quickly.
             faults: Schedule run once after every :meth:`start`.
+            alt_port: Also serve the feed on this second port (0 picks a free one, then kept
+                across restarts); ``None`` (the default) has no second listener.
         """
         if rate <= 0:
             raise ValueError("rate must be positive")
@@ -307,8 +365,18 @@ class FeedServer:
         """PONG frames swallowed while :attr:`ignore_pings` was set."""
         self.schedule_errors: list[BaseException] = []
         """Exceptions raised by scheduled :class:`Fault` actions."""
+        self.handshakes: deque[Handshake] = deque(maxlen=_HANDSHAKES_KEPT)
+        """The latest opening handshakes on either listener (up to 1000), oldest first; a test
+        may clear it to look at what comes next."""
+        self.redirected_handshakes = 0
+        """Handshakes answered with a redirect by :meth:`redirect`."""
+        self.hung_connections = 0
+        """Connections left hanging after a close frame by :meth:`close_and_hang`."""
+        self.ping_flood_bytes = 0
+        """Bytes of ping frames written by :meth:`flood_pings`."""
 
         self._port = port
+        self._alt_port = alt_port
         self._streams: dict[StreamKey, _Stream] = {
             (channel, symbol): _Stream(channel, symbol, seed)
             for channel in CHANNELS
@@ -324,12 +392,14 @@ class FeedServer:
         self._idle_cutoff: float | None = None
         self._idle_changed = asyncio.Event()
         self._reject: tuple[int, str | None] | None = None
+        self._redirect: tuple[int, str | None] | None = None
         self._accept_then_close: tuple[int, str] | None = None
         self._close_after: _CloseAfter | None = None
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
 
         self._conn_class = _bind_connection_class(self)
         self._ws_server: Server | None = None
+        self._alt_server: Server | None = None
         self._generator: asyncio.Task[None] | None = None
         self._schedule: asyncio.Task[None] | None = None
         # Set while stopping so a handshake that slips in is closed, not left serving.
@@ -347,6 +417,19 @@ class FeedServer:
         """``ws://host:port/path`` of the endpoint."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"ws://{host}:{self._port}{self.path}"
+
+    @property
+    def alt_port(self) -> int | None:
+        """Port of the second listener (see ``alt_port``), ``None`` without one."""
+        return self._alt_port
+
+    @property
+    def alt_url(self) -> str | None:
+        """``ws://host:alt_port/path`` of the second listener, ``None`` without one."""
+        if self._alt_port is None:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self._alt_port}{self.path}"
 
     @property
     def running(self) -> bool:
@@ -395,27 +478,40 @@ class FeedServer:
     ) -> None:
         await self.stop()
 
-    async def _start_serving(self) -> None:
-        self._closing = None
-        self._ws_server = await serve(
+    async def _listen(self, port: int, *, main: bool) -> Server:
+        return await serve(
             self._handle,
             self.host,
-            self._port,
+            port,
             compression=None,
-            process_request=self._process_request,
+            process_request=functools.partial(self._process_request, main=main),
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_timeout,
             close_timeout=self.close_timeout,
             open_timeout=5.0,
             create_connection=self._conn_class,
         )
+
+    async def _start_serving(self) -> None:
+        self._closing = None
+        self._ws_server = await self._listen(self._port, main=True)
         self._port = self._ws_server.sockets[0].getsockname()[1]
+        if self._alt_port is not None:
+            try:
+                self._alt_server = await self._listen(self._alt_port, main=False)
+            except BaseException:
+                ws_server, self._ws_server = self._ws_server, None
+                ws_server.close()
+                await ws_server.wait_closed()
+                raise
+            self._alt_port = self._alt_server.sockets[0].getsockname()[1]
         self._generator = asyncio.get_running_loop().create_task(self._generate())
 
     async def _stop_serving(self, code: int, reason: str) -> None:
         ws_server, self._ws_server = self._ws_server, None
         if ws_server is None:
             return
+        alt_server, self._alt_server = self._alt_server, None
         self._closing = (code, reason)
         generator, self._generator = self._generator, None
         if generator is not None:
@@ -423,9 +519,12 @@ class FeedServer:
             await asyncio.gather(generator, return_exceptions=True)
         # Close clients ourselves: websockets' own close path has no bound on a
         # blocked drain, so a client that stopped reading could hang stop() forever.
-        ws_server.close(close_connections=False)
+        servers = [ws_server] if alt_server is None else [ws_server, alt_server]
+        for server in servers:
+            server.close(close_connections=False)
         await asyncio.gather(*(self._close(c.conn, code, reason) for c in self._snapshot()))
-        await ws_server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
 
     async def _run_schedule(self) -> None:
         loop = asyncio.get_running_loop()
@@ -484,6 +583,28 @@ class FeedServer:
         """
         self._reject = None if status is None else (status, _header(retry_after))
 
+    def redirect(self, status: int | None, location: str | None = None) -> None:
+        """Answer new handshakes on the main port with HTTP ``status`` and a ``Location`` header.
+
+        ``status`` is one of :data:`REDIRECT_STATUSES` (301, 302, 303, 307, 308); ``location``
+        defaults to the second listener (see ``alt_port``) with the request's own path and
+        query, which is the same feed on another origin. The second listener is never
+        redirected, so a client that follows the redirect connects there. Redirects are counted
+        in :attr:`redirected_handshakes`; :attr:`handshakes` shows what each listener received
+        (whether credentials followed the client, say). ``redirect(None)`` stops redirecting.
+
+        Raises:
+            ValueError: For another status, or with no ``location`` and no second listener.
+        """
+        if status is None:
+            self._redirect = None
+            return
+        if status not in REDIRECT_STATUSES:
+            raise ValueError(f"status must be one of {sorted(REDIRECT_STATUSES)}, got {status!r}")
+        if location is None and self._alt_port is None:
+            raise ValueError("redirect() needs a location, or a FeedServer with an alt_port")
+        self._redirect = (status, location)
+
     def accept_then_close(self, code: int | None, reason: str = "") -> None:
         """Close every new connection with ``code`` right after its handshake.
 
@@ -519,6 +640,147 @@ class FeedServer:
         for conn in conns:
             conn.transport.abort()
         await asyncio.gather(*(conn.wait_closed() for conn in conns))
+
+    def stop_reading(self, key: str | None = None) -> int:
+        """Stop reading from the open connections of client ``key`` (of every client if ``None``).
+
+        Like a server whose reader hung: nothing the client sends is read any more (no frame,
+        no ping, not even a FIN), so it piles up in the socket buffers until the client's own
+        sends block. Streams keep flowing to the client. Connections opened later are read as
+        usual. :meth:`resume_reading` undoes it. Returns the number of connections stopped.
+        """
+        stopped = 0
+        for client in self._snapshot():
+            if (key is None or client.key == key) and not client.conn.lost:
+                if not client.conn.reading_stopped:
+                    client.conn.reading_stopped = True
+                    client.conn.transport.pause_reading()
+                stopped += 1
+        return stopped
+
+    def resume_reading(self, key: str | None = None, *, discard: bool = False) -> int:
+        """Read again from connections stopped by :meth:`stop_reading`, :meth:`close_and_hang`
+        or :meth:`flood_pings` (of client ``key``, or all); this also ends their ping floods.
+
+        With ``discard``, and always for a connection left hanging, whatever is read from them
+        from now on is thrown away unprocessed: the frames the client sent meanwhile were never
+        read by the server, so they are lost, never recorded in :attr:`received`. A FIN or RST
+        from the client is noticed again, which ends the connection. Returns the number of
+        connections resumed.
+        """
+        resumed = 0
+        for client in self._snapshot():
+            conn = client.conn
+            if (key is None or client.key == key) and conn.reading_stopped and not conn.lost:
+                conn.discarding = conn.discarding or discard or client.hung
+                conn.reading_stopped = False
+                conn.transport.resume_reading()
+                resumed += 1
+        self._notify()
+        return resumed
+
+    def close_and_hang(self, code: int = 1001, reason: str = "", key: str | None = None) -> int:
+        """Send a close frame to the open connections of client ``key`` (every client if
+        ``None``), then leave them hanging: never close the TCP connection, never read from
+        it, never write to it again (no data, no close reply, no pong).
+
+        That is a server that crashed in the middle of its closing handshake, or a middlebox
+        that swallowed the FIN. Only the client can end such a connection, by aborting it once
+        its close timeout has passed. :meth:`resume_reading` lets the server notice that (what
+        it reads is discarded); :meth:`drop_all` aborts the connections from this side. Counted
+        in :attr:`hung_connections`; returns the number of connections left hanging.
+
+        Raises:
+            ValueError: If ``reason`` is longer than 123 bytes in UTF-8.
+        """
+        encoded = reason.encode()
+        if len(encoded) > 123:
+            raise ValueError("a close reason is at most 123 bytes in UTF-8")
+        # Written straight to the transport: websockets writes whole frames, one write each,
+        # so between two event-loop steps the stream always sits at a frame boundary.
+        close_frame = bytes([0x80 | Opcode.CLOSE.value, 2 + len(encoded)])
+        close_frame += code.to_bytes(2, "big") + encoded
+        hung = 0
+        for client in self._snapshot():
+            conn = client.conn
+            if (key is not None and client.key != key) or conn.lost or client.hung:
+                continue
+            self._mute(client)
+            conn.silenced = True
+            if not conn.reading_stopped:
+                conn.reading_stopped = True
+                conn.transport.pause_reading()
+            conn.transport.write(close_frame)
+            hung += 1
+        self.hung_connections += hung
+        self._notify()
+        return hung
+
+    def flood_pings(
+        self,
+        key: str | None = None,
+        *,
+        max_bytes: int = 4 * 2**20,
+        duration: float = 5.0,
+        payload_size: int = 125,
+    ) -> int:
+        """Flood the open connections of client ``key`` (every client if ``None``) with ping
+        frames, and stop reading from them (:meth:`stop_reading`).
+
+        Each ping asks for a pong that the server never reads: a client that answers them all
+        buffers its pongs, and everything else it sends, behind a peer that is not reading.
+        Streams keep flowing meanwhile. Pings are written as fast as the connection takes them
+        (the server waits for its socket to drain, so it never holds more than about 64 KiB of
+        them) until ``max_bytes`` of pings were written to that connection, ``duration``
+        seconds have passed, the connection ends, or :meth:`resume_reading` is called on it.
+        Counted in :attr:`ping_flood_bytes`; returns the number of connections flooded.
+
+        Raises:
+            ValueError: If ``payload_size`` is not within 0..125, or ``max_bytes`` is below one
+                ping frame.
+        """
+        if not 0 <= payload_size <= 125:
+            raise ValueError(f"payload_size must be within 0..125, got {payload_size!r}")
+        ping = bytes([0x80 | Opcode.PING.value, payload_size]) + (b"flood" * 25)[:payload_size]
+        if max_bytes < len(ping):
+            raise ValueError(f"max_bytes must hold at least one ping frame ({len(ping)} bytes)")
+        deadline = asyncio.get_running_loop().time() + duration
+        flooded = 0
+        for client in self._snapshot():
+            if (key is not None and client.key != key) or client.conn.lost or client.hung:
+                continue
+            if not client.conn.reading_stopped:
+                client.conn.reading_stopped = True
+                client.conn.transport.pause_reading()
+            client.spawn(self._flood(client.conn, ping, max_bytes, deadline))
+            flooded += 1
+        return flooded
+
+    async def _flood(self, conn: _FeedConnection, ping: bytes, max_bytes: int, deadline: float) -> None:
+        per_batch = max(1, _FLOOD_BATCH // len(ping))
+        written = 0
+        # A reset ends the flood with the connection; the task set forgets finished tasks, so an
+        # exception left in one would never be retrieved.
+        with contextlib.suppress(TimeoutError, OSError):
+            async with asyncio.timeout_at(deadline):
+                while conn.reading_stopped and not conn.lost and not conn.transport.is_closing():
+                    count = min(per_batch, (max_bytes - written) // len(ping))
+                    if count <= 0:
+                        return
+                    # Whole frames only, written between two event-loop steps: the stream data
+                    # written by the connection's own writer stays intact around them.
+                    conn.transport.write(ping * count)
+                    written += count * len(ping)
+                    self.ping_flood_bytes += count * len(ping)
+                    await conn.drain()  # websockets' flow control: returns once the socket takes more
+                    await asyncio.sleep(0)  # the rest of the loop runs between two batches
+
+    def _mute(self, client: _Client) -> None:
+        """Feed this client nothing more: no stream data, no response."""
+        client.hung = True
+        for stream in client.subscriptions:
+            self._subscribers[stream].pop(client, None)
+        client.outbox.clear()
 
     # -- accounting --------------------------------------------------------------------
 
@@ -635,10 +897,35 @@ class FeedServer:
     def _snapshot(self) -> list[_Client]:
         return list(self._clients.values())
 
-    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    def _process_request(self, conn: ServerConnection, request: Request, *, main: bool) -> Response | None:
+        response = self._answer(conn, request, main=main)
+        port = self._port if main else self._alt_port
+        assert port is not None
+        self.handshakes.append(
+            Handshake(
+                port=port,
+                path=request.path,
+                key=request.headers.get("X-Client-Id") or _ANONYMOUS,
+                headers=tuple(request.headers.raw_items()),
+                status=101 if response is None else response.status_code,
+            )
+        )
+        self._notify()
+        return response
+
+    def _answer(self, conn: ServerConnection, request: Request, *, main: bool) -> Response | None:
         if urlsplit(request.path).path != self.path:
             self.rejected_handshakes += 1
             return conn.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
+        if main and self._redirect is not None:
+            status, location = self._redirect
+            if location is None:
+                host = f"[{self.host}]" if ":" in self.host else self.host
+                location = f"ws://{host}:{self._alt_port}{request.path}"
+            self.redirected_handshakes += 1
+            response = conn.respond(status, f"{http.HTTPStatus(status).phrase}\n")
+            response.headers["Location"] = location
+            return response
         if self._reject is None:
             return None
         status, retry_after = self._reject
@@ -753,7 +1040,7 @@ class FeedServer:
                 return
 
     def _enqueue(self, client: _Client, text: str, stream: StreamKey | None) -> None:
-        if client.dropping:
+        if client.dropping or client.hung:
             return
         if len(client.outbox) >= self.max_buffer:
             self._drop_slow(client)
@@ -826,7 +1113,7 @@ class FeedServer:
         # exactly at the boundary of the stream's messages in this client's outbox.
         if op == "subscribe":
             client.subscriptions[stream] = None
-            if not client.dropping:
+            if not client.dropping and not client.hung:
                 self._subscribers[stream][client] = None
         else:
             client.subscriptions.pop(stream, None)

@@ -2,9 +2,9 @@
 
 :class:`ChaosProxy` sits between a client and a real server and forwards bytes verbatim.
 From a test, at any moment, it can add latency, cap bandwidth, silently black-hole the
-link, reset or drop every connection, cut idle connections the way a reverse proxy
-would, or refuse new connections. Every mode applies to live connections as well as new
-ones.
+link, stall the client-to-server direction (a server that stopped reading), reset or drop
+every connection, cut idle connections the way a reverse proxy would, or refuse new
+connections. Every mode applies to live connections as well as new ones.
 
 Example::
 
@@ -213,6 +213,7 @@ class ChaosProxy:
         self._latency = 0.0
         self._bandwidth: int | None = None
         self._blackholed = False
+        self._stalled = False
         self._refusing = False
         self._idle_timeout: float | None = None
         self._idle_armed_at = -math.inf
@@ -387,6 +388,26 @@ class ChaosProxy:
         data were whole messages.
         """
         self._blackholed = on
+        self._changed.notify()
+
+    @property
+    def stalled(self) -> bool:
+        """Whether the client-to-server direction is stalled (see :meth:`stall`)."""
+        return self._stalled
+
+    def stall(self, on: bool = True) -> None:
+        """Stop reading from clients while still forwarding the server's traffic to them.
+
+        That is a server whose reader hung, or a congested uplink: what a client sends piles up
+        in its socket buffers until its own sends block on backpressure, while data (and pongs
+        already on their way) keep reaching it. Nothing is closed, and nothing the client sends
+        is looked at, not even a FIN or RST: at most the chunk being read when the stall began
+        is held back too (the proxy's socket reader still buffers up to 128 KiB ahead, as a
+        kernel would). A new connection is accepted, but its handshake waits likewise. Lifting
+        it resumes reading where it stopped, in order, nothing lost: whatever the client sent
+        before it went away is forwarded, then its FIN or RST.
+        """
+        self._stalled = on
         self._changed.notify()
 
     @property
@@ -581,20 +602,24 @@ class ChaosProxy:
     ) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            item: bytes | _Marker
             try:
-                data = await reader.read(_CHUNK)
+                item = await reader.read(_CHUNK)
             except OSError:
-                await queue.put((loop.time(), _Marker.RESET))
-                return
+                item = _Marker.RESET
+            if not from_upstream:
+                # Checked after the read rather than before: a read pending when the stall
+                # began would otherwise let one more chunk through.
+                await self._until_unstalled()
             now = loop.time()
-            if not data:
-                await queue.put((now, _Marker.EOF))
+            if isinstance(item, _Marker) or not item:
+                await queue.put((now, item or _Marker.EOF))
                 return
             if self._blackholed:
                 continue
             if from_upstream:
                 conn.last_upstream_rx = now
-            await queue.put((now, data))
+            await queue.put((now, item))
             # A bandwidth-limited link does not swallow megabytes ahead of its rate: keep the
             # read-ahead small, so the sender's own buffers fill and drain at the link's pace.
             while self._bandwidth is not None and queue.qsize() >= _SLOW_READ_AHEAD:
@@ -674,6 +699,10 @@ class ChaosProxy:
 
     async def _until_open(self) -> None:
         while self._blackholed:
+            await self._changed.wait()
+
+    async def _until_unstalled(self) -> None:
+        while self._stalled:
             await self._changed.wait()
 
     async def _watch_idle(self, conn: _Connection) -> None:

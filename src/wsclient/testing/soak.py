@@ -3,10 +3,16 @@
 :func:`run_soak` connects a client through the proxy, subscribes it to a few streams, makes it send
 numbered application messages (``{"op": "note", "n": k}``) at a steady pace, and meanwhile injects
 faults one after another on a schedule drawn from a seeded RNG: TCP drops (FIN) at the proxy and at
-the server, resets (RST), black holes, latency spikes, server restarts (close 1012) and handshake
-rejections (503/429 with ``Retry-After``). After each fault it waits for the client to come back and
-lets it run calmly for a moment before the next one. At the end it checks what a feed and a bot rely
-on and returns a :class:`SoakReport`; :attr:`SoakReport.failures` lists every broken promise:
+the server, resets (RST), black holes, latency spikes, server restarts (close 1012), handshake
+rejections (503/429 with ``Retry-After``), handshake redirects to another origin (301/302/307 to the
+feed's second port), a close frame (1001/1011) with no TCP close after it, a ping flood from a server
+that reads nothing (the proxy stops reading from the client too, so the client's pongs back up into
+its own buffers), and a stalled uplink (the proxy stops reading from the client while still
+forwarding the server's traffic, with the feed flowing or, half of the time, quiet; meanwhile the
+client sends 64-256 KiB notes back to back, so that ``send()`` blocks on backpressure).
+After each fault it waits for the client to come back and lets it run calmly for a moment before the
+next one. At the end it checks what a feed and a bot rely on and returns a :class:`SoakReport`;
+:attr:`SoakReport.failures` lists every broken promise:
 
 * **Sends.** Every ``send()`` either reached the server, raised (``ConnectionLostError``,
   ``OutboxFullError``), or was reported in a ``MessageDropped`` event, with one exception no
@@ -14,6 +20,10 @@ on and returns a :class:`SoakReport`; :attr:`SoakReport.failures` lists every br
   Those are counted as *lost in flight* and accepted only when they sit at a connection boundary
   (the server saw the connection end between the last note before them and the first one after);
   a note missing in the middle of one connection is a failure. Notes arrive in order, never twice.
+* **Sends reported sent that the server never read: none.** A ``send()`` that returned normally
+  although the client emitted ``Disconnected`` while it was in progress (it waited on backpressure
+  across the death of its link) must have reached the server; if it did not, its loss was reported
+  as a success, which no boundary excuses.
 * **Inbound sequence.** Each stream's ``seq`` (global at the server) may jump only where the client
   resubscribed on a new connection (the subscription ack marks the boundary in the raw frames); a
   jump within one connection, or a number going back, is a failure. The client's own gap detection
@@ -21,6 +31,13 @@ on and returns a :class:`SoakReport`; :attr:`SoakReport.failures` lists every br
 * **One connection at a time**: the server never sees two live connections from this client.
 * **Recovery**: after each fault is lifted, the client is ``OPEN`` again within
   ``max(max_delay, Retry-After) + open_timeout + slack``.
+* **No stuck OPEN link**: from the moment a fault strikes a live link (every fault but the latency
+  spike) to the client's ``Disconnected``, at most ``close_timeout + interval + timeout + slack``: a
+  close frame with no TCP close after it, a peer that reads nothing (a ping flood, a stalled uplink)
+  and a black hole all end in time. A link the client never gives up is ended by the soak at that
+  bound (so the run goes on) and reported. A link closed with a close frame reports its code.
+* **Redirects**: the client follows the redirect and is ``OPEN`` through the other origin within the
+  recovery bound, and its credential headers (``Authorization``, ``X-Api-Key``) never reach it.
 * **No leaks**: tasks, open file descriptors and ``tracemalloc``-traced memory, sampled during calm
   periods, do not grow from the first quarter of the run to the last.
 
@@ -41,11 +58,12 @@ import os
 import random
 import statistics
 import sys
+import time
 import tracemalloc
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from ..client import Client
 from ..config import ClientConfig, Heartbeat, Reconnect
@@ -61,10 +79,11 @@ from ..events import (
 )
 from ..routing import Message, SequenceGap
 from ..state import ConnectionState
-from .feed import FeedServer
+from .feed import FeedServer, Handshake
 from .proxy import ChaosProxy
 
 __all__ = [
+    "CREDENTIAL_HEADERS",
     "FAULT_KINDS",
     "UNEXPLAINED_DISCONNECT",
     "ResourceFigures",
@@ -75,10 +94,6 @@ __all__ = [
 ]
 
 FaultKind = Literal[
-    "server_drop", "proxy_drop", "proxy_reset", "blackhole", "latency", "server_restart", "reject"
-]
-
-FAULT_KINDS: Final[tuple[FaultKind, ...]] = (
     "server_drop",
     "proxy_drop",
     "proxy_reset",
@@ -86,7 +101,13 @@ FAULT_KINDS: Final[tuple[FaultKind, ...]] = (
     "latency",
     "server_restart",
     "reject",
-)
+    "redirect",
+    "close_no_fin",
+    "ping_flood",
+    "stall",
+]
+
+FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
 """Every kind of fault the soak injects; each appears once per shuffled round of the schedule."""
 
 UNEXPLAINED_DISCONNECT: Final = "disconnect with neither a close code nor a dead-link verdict"
@@ -100,12 +121,43 @@ DEFAULT_STREAMS: Final[tuple[tuple[str, str], ...]] = (
 
 _TYPE_TO_CHANNEL: Final[dict[str, str]] = {"trade": "trades", "book": "book", "ticker": "ticker"}
 
-# Send outcomes, one byte per note.
-_UNSENT, _ACCEPTED, _RAISED_LOST, _RAISED_FULL, _HUNG = 0, 1, 2, 3, 4
+CREDENTIAL_HEADERS: Final[tuple[str, ...]] = ("Authorization", "X-Api-Key")
+"""Credential headers the soak client sends with every handshake; no other origin may receive them.
+
+``websockets`` drops only ``Authorization`` (and cookies) on a cross-origin redirect, which is why an
+API-key header is sent too."""
+
+# Padding of the notes sent (back to back) while the uplink is stalled: send() blocks on backpressure
+# within a few dozen notes, whatever the kernel's socket buffers absorb first.
+_PAD_BYTES: Final = (64 * 1024, 256 * 1024)
+# Bytes of pings per flood (also bounded in time by the stuck bound): more than the client's socket
+# buffer and the stalled proxy take, so a client that answers every ping and never gives up the link
+# piles its pongs up in its own memory.
+_FLOOD_BYTES: Final = 8 * 2**20
+# A send() that took this long waited on backpressure (or on a dying link).
+_BLOCKED: Final = 0.1
+
+# Send outcomes, one byte per note. _ACCEPTED_ACROSS_LOSS: send() returned normally, but the client
+# emitted Disconnected while it was in progress.
+_UNSENT, _ACCEPTED, _RAISED_LOST, _RAISED_FULL, _HUNG, _ACCEPTED_ACROSS_LOSS = 0, 1, 2, 3, 4, 5
 # Arrival bookkeeping, one byte per note.
 _ARRIVED = 1
 # Drop bookkeeping: why a MessageDropped event named the note.
 _DROPPED_IN_FLIGHT, _DROPPED_OTHER = 1, 2
+
+
+@dataclass(slots=True)
+class _Strike:
+    """A fault striking a live link: when, and when the client reported that link lost."""
+
+    kind: str
+    at: float
+    expect_code: int | None = None
+    """The close code the server sent, for a fault that sends one."""
+    detail: str = ""
+    """How this one was drawn (for a failure message)."""
+    ended: float | None = None
+    code: int | None = None
 
 
 class _FeedData(Message):
@@ -181,6 +233,17 @@ class SoakReport:
     """Sends lost in flight, by the kind of fault that killed their connection."""
     sends_uncertain_delivered: int = 0
     """Sends reported as failed (``ConnectionLostError`` or a drop in flight) that did arrive."""
+    sends_reported_sent_never_read: int = 0
+    """Sends whose ``send()`` returned normally although the client emitted ``Disconnected`` while
+    it was in progress, and that the server never read: a lost note reported as sent."""
+    never_read_by_fault: dict[str, int] = field(default_factory=dict)
+    """:attr:`sends_reported_sent_never_read`, by the kind of fault that killed their connection."""
+    sends_across_disconnect: int = 0
+    """Sends whose ``send()`` returned normally across a ``Disconnected``, delivered or not."""
+    sends_blocked: int = 0
+    """Sends that took at least 0.1 s to return (backpressure, or a dying link)."""
+    max_send_time: float = 0.0
+    """Longest time one ``send()`` took (s)."""
     gaps_at_reconnect: int = 0
     messages_missed: int = 0
     client_gaps_reported: int = 0
@@ -193,6 +256,28 @@ class SoakReport:
     detect_times: list[float] = field(default_factory=list)
     """Time from a black hole to the client declaring the link dead, per black hole (s)."""
     detect_bound: float = 0.0
+    link_end_times: dict[str, list[float]] = field(default_factory=dict)
+    """Per kind of fault, time from the fault striking a live link to the client's ``Disconnected``
+    (s); a link the client never gave up counts with the time the soak waited before ending it."""
+    stuck_open: int = 0
+    """Links that stayed up longer than :attr:`stuck_bound` after a fault struck them."""
+    stuck_bound: float = 0.0
+    """``close_timeout + interval + timeout + slack`` (s)."""
+    redirects_followed: int = 0
+    """Redirect faults after which the client reached the redirect target."""
+    credentials_leaked: dict[str, int] = field(default_factory=dict)
+    """Per credential header, handshakes that carried it to the redirect target (another origin)."""
+    ping_flood_bytes: int = 0
+    """Bytes of pings the server flooded the client with."""
+    stall_pads: list[int] = field(default_factory=list)
+    """Size of the padded notes sent during each stall (bytes)."""
+    quiet_stalls: int = 0
+    """Stalls during which the feed sent nothing either."""
+    resource_samples: int = 0
+    sampled_span: tuple[float, float] = (0.0, 0.0)
+    """Time of the first and the last resource sample, from the start of the fault phase (s)."""
+    faults_sampled: dict[str, int] = field(default_factory=dict)
+    """Faults injected between the first and the last resource sample, by kind."""
     resources: list[ResourceFigures] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -206,11 +291,24 @@ class SoakReport:
         """Longest time from a fault being lifted to the client being ``OPEN`` again (s)."""
         return max(self.recover_times, default=0.0)
 
+    @property
+    def max_link_end(self) -> float:
+        """Longest time from a fault striking a live link to the client reporting it lost (s)."""
+        return max((t for times in self.link_end_times.values() for t in times), default=0.0)
+
     def format(self) -> str:
         """The report as printed by ``python -m wsclient.testing.soak``."""
         faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))
         lost = ", ".join(f"{k} {v}" for k, v in sorted(self.lost_in_flight_by_fault.items())) or "none"
+        never_read = ", ".join(f"{k} {v}" for k, v in sorted(self.never_read_by_fault.items())) or "none"
         recover = self.recover_times
+        link_ends = self.link_end_times
+        per_fault = ", ".join(f"{k} {max(v):.3f}s" for k, v in sorted(link_ends.items()) if v) or "none"
+        leaked = ", ".join(f"{k} {v}" for k, v in sorted(self.credentials_leaked.items())) or "none"
+        pads = self.stall_pads
+        pad_range = f"{min(pads) // 1024}-{max(pads) // 1024} KiB" if pads else "none"
+        first, last = self.sampled_span
+        sampled = ", ".join(f"{k} {v}" for k, v in sorted(self.faults_sampled.items())) or "none"
         lines = [
             f"soak: {self.duration:.1f}s, seed {self.seed}: {'OK' if self.ok else 'FAILED'}",
             f"faults injected: {sum(self.faults.values())} ({faults})",
@@ -222,6 +320,10 @@ class SoakReport:
             f"ConnectionLostError + {self.sends_raised_full} OutboxFullError, dropped (event) "
             f"{self.sends_dropped}, lost in flight at a connection drop {self.sends_lost_in_flight} "
             f"({lost}); reported failed but delivered {self.sends_uncertain_delivered}",
+            f"sends reported sent that the server never read: {self.sends_reported_sent_never_read} "
+            f"({never_read}); send() returned normally across a disconnect "
+            f"{self.sends_across_disconnect}; blocked >= {_BLOCKED:g}s {self.sends_blocked} "
+            f"(longest {self.max_send_time:.3f}s)",
             f"inbound sequence gaps: {self.gaps_at_reconnect}, all at reconnects "
             f"({self.messages_missed} messages missed); client on_gap reported {self.client_gaps_reported}",
             f"heartbeat misses forgiven: {self.heartbeat_misses_forgiven}; unexplained disconnects: "
@@ -231,6 +333,16 @@ class SoakReport:
             f"(bound {self.recover_bound:.2f}s)",
             f"black holes declared dead after: max {max(self.detect_times, default=0.0):.3f}s over "
             f"{len(self.detect_times)} (bound {self.detect_bound:.2f}s)",
+            f"links lost after a fault struck: max {self.max_link_end:.3f}s over "
+            f"{sum(len(v) for v in link_ends.values())} (bound {self.stuck_bound:.2f}s); stuck OPEN "
+            f"{self.stuck_open}; max by fault: {per_fault}",
+            f"redirects: {self.redirects_followed} of {self.faults.get('redirect', 0)} followed to the "
+            f"other origin; credential headers it received: {leaked}",
+            f"ping floods: {self.faults.get('ping_flood', 0)} ({self.ping_flood_bytes / 2**20:.1f} MiB "
+            f"of pings); stalled uplinks: {self.faults.get('stall', 0)}, {self.quiet_stalls} with the "
+            f"feed quiet (notes padded to {pad_range})",
+            f"resources sampled {self.resource_samples} times, {first:.1f}s to {last:.1f}s into the "
+            f"faults, around {sum(self.faults_sampled.values())} faults ({sampled})",
             *(figure.format() for figure in self.resources),
         ]
         lines += [f"FAILURE: {failure}" for failure in self.failures]
@@ -261,7 +373,11 @@ class _Soak:
         task_tolerance: int,
         fd_tolerance: int,
         memory_tolerance: int,
+        faults: Sequence[FaultKind] = FAULT_KINDS,
     ) -> None:
+        unknown = sorted(set(faults) - set(FAULT_KINDS))
+        if unknown or not faults:
+            raise ValueError(f"faults must be a non-empty selection of {FAULT_KINDS}, got {faults!r}")
         self.duration = duration
         self.rng = random.Random(seed)
         self.config = config
@@ -272,8 +388,12 @@ class _Soak:
         self.task_tolerance = task_tolerance
         self.fd_tolerance = fd_tolerance
         self.memory_tolerance = memory_tolerance
+        self.faults: tuple[FaultKind, ...] = tuple(dict.fromkeys(faults))
         self.key = f"soak-{seed}"
+        self.secret = f"soak-secret-{seed}"
         self.report = SoakReport(duration=duration, seed=seed)
+        # Timing of strikes and sends; a test feeding the checks by hand replaces it.
+        self.clock: Callable[[], float] = time.monotonic
         rc = config.reconnect
         # The server's Retry-After (1 s) can exceed max_delay and wins over it.
         self.retry_after = 1
@@ -282,6 +402,16 @@ class _Soak:
         hb = config.heartbeat
         self.detect_bound = hb.interval + hb.timeout + slack
         self.report.detect_bound = self.detect_bound
+        # A link struck by a fault ends by the close timeout (a close frame with no TCP close after
+        # it) or by the heartbeat's verdict (a peer that is gone or reads nothing), not later.
+        self.stuck_bound = config.close_timeout + hb.interval + hb.timeout + slack
+        self.report.stuck_bound = self.stuck_bound
+        # A send may block as long as the link it waits on lives, and that is bounded above.
+        self.send_bound = max(self.recover_bound, self.stuck_bound + 1.0)
+        self.strike: _Strike | None = None
+        self.pad = ""  # while the uplink is stalled: padding of every note
+        self.t0 = 0.0
+        self.fault_times: list[tuple[float, str]] = []
 
         # Sends: one byte per note for each of its three facts.
         self.sent = bytearray()
@@ -324,6 +454,10 @@ class _Soak:
             self.connected += 1
         elif isinstance(event, Disconnected):
             self.disconnected += 1
+            strike = self.strike
+            if strike is not None and strike.ended is None:
+                strike.ended = self.clock()
+                strike.code = event.code
             if not event.will_retry:
                 self.fail(f"connection lost without retry: {event}")
             if event.code is None and not event.reason.startswith("link declared dead"):
@@ -408,9 +542,14 @@ class _Soak:
             self.arrived.append(0)
             self.dropped.append(0)
             self.blame.append(self.exposure)
+            note: dict[str, object] = {"op": "note", "n": n}
+            if self.pad:
+                note["pad"] = self.pad
+            lost = self.disconnected
+            started = self.clock()
             try:
-                async with asyncio.timeout(self.recover_bound):
-                    await client.send({"op": "note", "n": n})
+                async with asyncio.timeout(self.send_bound):
+                    await client.send(note)
             except ConnectionLostError:
                 self.sent[n] = _RAISED_LOST
             except OutboxFullError:
@@ -421,13 +560,25 @@ class _Soak:
                 return
             except TimeoutError:
                 self.sent[n] = _HUNG
-                self.fail(f"send() of note {n} did not return within {self.recover_bound:.1f}s")
+                self.fail(f"send() of note {n} did not return within {self.send_bound:.1f}s")
             else:
-                self.sent[n] = _ACCEPTED
+                # Disconnected while the send was in progress: the send waited on a link that died
+                # meanwhile, yet reported success. Whether that was true is known once later notes
+                # arrive (or the run ends).
+                across = self.disconnected != lost
+                self.sent[n] = _ACCEPTED_ACROSS_LOSS if across else _ACCEPTED
+                if across:
+                    self.report.sends_across_disconnect += 1
                 self.last_accepted = n
+            took = self.clock() - started
+            self.report.max_send_time = max(self.report.max_send_time, took)
+            if took >= _BLOCKED:
+                self.report.sends_blocked += 1
             n += 1
-            # Pacing, not a wait for a condition: the next note is due one interval later.
-            deadline = loop.time() + self.send_interval
+            # Pacing, not a wait for a condition: the next note is due one interval later. While the
+            # uplink is stalled, padded notes go back to back, a bulk upload: the socket buffers on
+            # the way (megabytes on loopback) fill at once, and send() blocks on backpressure.
+            deadline = loop.time() + (0.0 if self.pad else self.send_interval)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):
                     await stop.wait()
@@ -468,14 +619,30 @@ class _Soak:
         """A note that will not arrive any more (a later one did): was its loss reported?"""
         if self.sent[n] in (_RAISED_LOST, _RAISED_FULL, _HUNG) or self.dropped[n]:
             return
-        if at_boundary:
+        if self.sent[n] == _ACCEPTED_ACROSS_LOSS:
+            self.never_read(n)
+        elif at_boundary:
             self.report.sends_lost_in_flight += 1
-            index = self.blame[n]
-            kind = self.kinds[index] if index < len(self.kinds) else "none"
+            kind = self.blamed(n)
             by_fault = self.report.lost_in_flight_by_fault
             by_fault[kind] = by_fault.get(kind, 0) + 1
         else:
             self.fail(f"note {n} silently vanished in the middle of a connection")
+
+    def blamed(self, n: int) -> str:
+        index = self.blame[n]
+        return self.kinds[index] if index < len(self.kinds) else "none"
+
+    def never_read(self, n: int) -> None:
+        """Note ``n``'s send() returned normally across the death of its link; it never arrived."""
+        kind = self.blamed(n)
+        self.report.sends_reported_sent_never_read += 1
+        by_fault = self.report.never_read_by_fault
+        by_fault[kind] = by_fault.get(kind, 0) + 1
+        self.fail(
+            f"note {n}: send() returned normally although the link died while it was in progress "
+            f"(a Disconnected during the send, exposed to {kind}), and the server never read it"
+        )
 
     def tally_sends(self) -> None:
         report = self.report
@@ -494,6 +661,8 @@ class _Soak:
                 report.sends_raised_full += 1
             elif dropped:
                 report.sends_dropped += 1
+            elif n > self.last_arrived and sent == _ACCEPTED_ACROSS_LOSS:
+                self.never_read(n)
             elif n > self.last_arrived and sent == _ACCEPTED:
                 self.fail(f"note {n} was accepted after the faults stopped and never arrived")
 
@@ -510,6 +679,11 @@ class _Soak:
         self.samples.append((t, len(asyncio.all_tasks()), _open_fds(), memory))
 
     def judge_resources(self, span: float) -> None:
+        if self.samples:
+            since, until = self.samples[0][0], self.samples[-1][0]
+            self.report.resource_samples = len(self.samples)
+            self.report.sampled_span = (since, until)
+            self.report.faults_sampled = dict(Counter(k for t, k in self.fault_times if since <= t <= until))
         first = [s for s in self.samples if s[0] <= span / 4]
         last = [s for s in self.samples if s[0] >= span * 3 / 4]
         if not first or not last:
@@ -576,6 +750,9 @@ class _Soak:
         must_reconnect = True
         self.kinds.append(kind)
         self.exposure = len(self.kinds) - 1
+        self.fault_times.append((loop.time() - self.t0, kind))
+        if kind != "latency" and client.state is ConnectionState.OPEN:
+            self.strike_link(kind)
         if kind == "server_drop":
             await server.drop_all()
         elif kind == "proxy_drop":
@@ -615,6 +792,51 @@ class _Soak:
                 await asyncio.sleep(rng.uniform(0.0, 1.5))  # the fault's duration
             finally:
                 server.reject(None)
+        elif kind == "redirect":
+            before = await self.redirect(server, proxy, client)
+        elif kind == "close_no_fin":
+            code = rng.choice((1001, 1011))
+            if self.strike is not None:
+                self.strike.expect_code = code
+            server.close_and_hang(code, "soak: close frame, then silence", key=self.key)
+            # Once the client has let go, the server reads again (discarding) to see its FIN.
+            await self.until_link_lost(server.drop_all, lambda: server.resume_reading(self.key, discard=True))
+        elif kind == "ping_flood":
+            server.flood_pings(self.key, max_bytes=_FLOOD_BYTES, duration=self.stuck_bound)
+            # On loopback a server that reads nothing absorbs tens of MiB in its kernel (tcp_rmem)
+            # before the client's writes back up: more pongs than a client can answer within any
+            # bound. The proxy's stalled uplink caps that at the few MiB a real path buffers.
+            proxy.stall(True)
+
+            def lift_flood() -> None:
+                proxy.stall(False)
+                server.resume_reading(self.key, discard=True)
+
+            await self.until_link_lost(server.drop_all, lift_flood)
+        elif kind == "stall":
+            pad = rng.randint(*_PAD_BYTES)
+            # Half of the stalls with the feed quiet: nothing arrives, so only the heartbeat can
+            # tell, while send() is blocked; the other half, frames keep arriving meanwhile.
+            quiet = rng.random() < 0.5
+            self.report.stall_pads.append(pad)
+            if quiet:
+                self.report.quiet_stalls += 1
+            if self.strike is not None:
+                self.strike.detail = f"feed {'quiet' if quiet else 'flowing'}, notes of {pad // 1024} KiB"
+            self.pad = "x" * pad
+            server.silent = quiet
+            proxy.stall(True)
+
+            def lift_stall() -> None:
+                proxy.stall(False)
+                server.silent = False
+
+            try:
+                await self.until_link_lost(proxy.reset, lift_stall)
+            finally:
+                self.pad = ""
+        await self.link_lost()
+        self.end_strike()
         lifted = loop.time()
         self.report.faults[kind] = self.report.faults.get(kind, 0) + 1
         if must_reconnect:
@@ -633,6 +855,109 @@ class _Soak:
                 f"(state {client.state.value}; recent events: {list(self.recent)[-5:]})"
             )
 
+    async def redirect(self, server: FeedServer, proxy: ChaosProxy, client: Client) -> int:
+        """Redirect the handshakes to the feed's second port, make the client reconnect, check what
+        reached the other origin, then bring it back through the proxy; return the count of
+        ``Connected`` events the final recovery must exceed."""
+        rng = self.rng
+        status = rng.choice((307, 301, 302))
+        kill_at_proxy = rng.random() < 0.5
+        stay = rng.uniform(0.0, 1.0)  # the fault's duration, once connected through the redirect
+        target = server.alt_port
+        assert target is not None, "the soak's FeedServer has a second listener"
+        server.handshakes.clear()
+        server.redirect(status)
+        before = self.connected
+        try:
+            await (proxy.reset() if kill_at_proxy else server.drop_all())
+            followed = await self.wait_for(
+                lambda: self.connected > before and client.state is ConnectionState.OPEN, self.recover_bound
+            )
+            self.judge_redirect(server.handshakes, target)
+            if followed:
+                await asyncio.sleep(stay)
+            else:
+                self.fail(
+                    f"not OPEN through a {status} redirect to another origin within "
+                    f"{self.recover_bound:.2f}s (state {client.state.value}; recent events: "
+                    f"{list(self.recent)[-5:]})"
+                )
+        finally:
+            server.redirect(None)
+        await self.link_lost()
+        self.end_strike()
+        # The client's next handshake is not redirected: end the link to the other origin so that
+        # the client comes back through the proxy, where the other faults strike.
+        before = self.connected
+        await server.drop_all()
+        return before
+
+    def judge_redirect(self, handshakes: Iterable[Handshake], target: int) -> None:
+        """Whether the client reached the redirect target, and carried no credential there."""
+        reached = [h for h in handshakes if h.port == target]
+        if reached:
+            self.report.redirects_followed += 1
+        leaked = self.report.credentials_leaked
+        for handshake in reached:
+            for name in CREDENTIAL_HEADERS:
+                if handshake.header(name) is not None:
+                    leaked[name] = leaked.get(name, 0) + 1
+                    self.fail(
+                        f"credential header {name} reached the redirect target, another origin "
+                        f"(port {handshake.port}, HTTP {handshake.status})"
+                    )
+
+    # ------------------------------------------------------------------ stuck links
+
+    def strike_link(self, kind: str, expect_code: int | None = None) -> None:
+        """A fault strikes the live link now: time it until the client reports the link lost.
+
+        ``expect_code``: the close code the server sends, which the ``Disconnected`` must carry.
+        """
+        self.strike = _Strike(kind, self.clock(), expect_code)
+
+    async def link_lost(self) -> bool:
+        """Wait, bounded by the stuck bound from the strike, until the struck link is reported lost."""
+        strike = self.strike
+        if strike is None:
+            return True
+        remaining = strike.at + self.stuck_bound - self.clock()
+        return await self.wait_for(lambda: strike.ended is not None, max(0.0, remaining))
+
+    def end_strike(self) -> None:
+        """Record how long the struck link outlived the fault; a link still up is stuck OPEN."""
+        strike, self.strike = self.strike, None
+        if strike is None:
+            return
+        took = (strike.ended if strike.ended is not None else self.clock()) - strike.at
+        self.report.link_end_times.setdefault(strike.kind, []).append(took)
+        if strike.ended is None or took > self.stuck_bound:
+            self.report.stuck_open += 1
+            detail = f" ({strike.detail})" if strike.detail else ""
+            self.fail(
+                f"stuck OPEN: the link was {'still up' if strike.ended is None else 'lost only'} "
+                f"{took:.2f}s after a {strike.kind}{detail} struck it (bound {self.stuck_bound:.2f}s: "
+                f"close_timeout + interval + timeout + slack); recent events: {list(self.recent)[-3:]}"
+            )
+        elif strike.expect_code is not None and strike.code != strike.expect_code:
+            self.fail(
+                f"a link closed by the server with {strike.expect_code} (no TCP close after it) was "
+                f"reported lost with code {strike.code}"
+            )
+
+    async def until_link_lost(
+        self, end_link: Callable[[], Awaitable[None]], lift: Callable[[], object]
+    ) -> None:
+        """The fault stays until the client gives the link up (or the stuck bound passes: then
+        ``end_link`` ends it, so the run goes on), and is lifted right after."""
+        try:
+            lost = await self.link_lost()
+            self.end_strike()
+            if not lost:
+                await end_link()
+        finally:
+            lift()
+
     # ------------------------------------------------------------------ the run
 
     async def run(self) -> SoakReport:
@@ -642,7 +967,8 @@ class _Soak:
             tracemalloc.start()
         try:
             async with (
-                FeedServer(rate=self.rate, max_buffer=10_000) as server,
+                # The second listener is the redirect target: the same feed on another origin.
+                FeedServer(rate=self.rate, max_buffer=10_000, alt_port=0) as server,
                 ChaosProxy("127.0.0.1", server.port) as proxy,
             ):
                 await self.drive(server, proxy, loop)
@@ -653,7 +979,12 @@ class _Soak:
 
     async def drive(self, server: FeedServer, proxy: ChaosProxy, loop: asyncio.AbstractEventLoop) -> None:
         report = self.report
-        client = Client(proxy.url(server.path), config=self.config, headers={"X-Client-Id": self.key})
+        headers = {
+            "X-Client-Id": self.key,
+            "Authorization": f"Bearer {self.secret}",
+            "X-Api-Key": self.secret,
+        }
+        client = Client(proxy.url(server.path), config=self.config, headers=headers)
         client.on_event(self.on_event)
         client.on_message(self.on_frame)
         client.on(_FeedData, lambda message: None, seq_key=lambda m: ((m.type, m.symbol), m.seq))
@@ -677,6 +1008,7 @@ class _Soak:
         report.messages_in = stats.messages_in
         report.client_gaps_reported = self.client_gaps
         report.peak_connections = server.peak_connections(self.key)
+        report.ping_flood_bytes = server.ping_flood_bytes
         self.tally_sends()
         if report.client_gaps_reported != report.gaps_at_reconnect:
             self.fail(
@@ -695,7 +1027,7 @@ class _Soak:
         stop_sending = asyncio.Event()
         sender = asyncio.create_task(self.sender(client, stop_sending), name="soak-sender")
         try:
-            t0 = loop.time()
+            t0 = self.t0 = loop.time()
             # The tail leaves time for the last fault to be lifted and the final notes to arrive.
             tail = self.recover_bound + 1.0
             chaos_until = t0 + max(0.0, self.duration - (t0 - started) - tail)
@@ -703,7 +1035,7 @@ class _Soak:
             await self.settle(server, proxy, client, t0)
             while loop.time() < chaos_until:
                 if not round_:
-                    round_ = list(FAULT_KINDS)
+                    round_ = list(self.faults)
                     self.rng.shuffle(round_)
                 await self.inject(round_.pop(), server, proxy, client)
                 await self.settle(server, proxy, client, t0)
@@ -777,6 +1109,7 @@ async def run_soak(
     task_tolerance: int = 3,
     fd_tolerance: int = 3,
     memory_tolerance: int = 64 * 1024,
+    faults: Sequence[FaultKind] = FAULT_KINDS,
 ) -> SoakReport:
     """Run a chaos soak for ``duration`` seconds with the fault schedule drawn from ``seed``.
 
@@ -786,7 +1119,8 @@ async def run_soak(
         seed: Seed of the fault schedule (kinds, durations, latencies, calm periods).
         config: Client settings; :func:`default_soak_config` when omitted. Bounds are derived from
             it: recovery within ``max(max_delay, 1 s Retry-After) + open_timeout + slack``, dead-link
-            detection within ``interval + timeout + slack``.
+            detection within ``interval + timeout + slack``, a struck link lost within
+            ``close_timeout + interval + timeout + slack``.
         rate: Messages per second per stream at the FeedServer.
         streams: ``(channel, symbol)`` streams the client subscribes to.
         send_interval: Seconds between two numbered notes sent by the client.
@@ -795,6 +1129,8 @@ async def run_soak(
         task_tolerance: Allowed growth of the median task count, first quarter to last.
         fd_tolerance: Allowed growth of the median count of open file descriptors.
         memory_tolerance: Allowed growth of the median traced memory, in bytes.
+        faults: The kinds of fault to inject (all of :data:`FAULT_KINDS` by default); a single
+            kind runs that fault in isolation, round after round.
 
     Returns:
         The :class:`SoakReport`; the run never raises for a failed check, it lists it in
@@ -814,8 +1150,19 @@ async def run_soak(
         task_tolerance=task_tolerance,
         fd_tolerance=fd_tolerance,
         memory_tolerance=memory_tolerance,
+        faults=faults,
     )
     return await soak.run()
+
+
+def _fault_kinds(text: str) -> tuple[FaultKind, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown fault kind(s) {unknown}; choose from {', '.join(FAULT_KINDS)}"
+        )
+    return tuple(k for k in FAULT_KINDS if k in kinds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -826,8 +1173,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=600.0, help="seconds to run (default 600)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the fault schedule (default 1)")
     parser.add_argument("--rate", type=float, default=20.0, help="messages/s per stream (default 20)")
+    parser.add_argument(
+        "--faults",
+        type=_fault_kinds,
+        default=FAULT_KINDS,
+        help=f"comma-separated kinds of fault to inject (default: all of {','.join(FAULT_KINDS)})",
+    )
+    parser.add_argument(
+        "--transport",
+        choices=("websockets", "picows"),
+        default="websockets",
+        help="the client's transport backend (default websockets)",
+    )
     args = parser.parse_args(argv)
-    report = asyncio.run(run_soak(args.duration, args.seed, rate=args.rate))
+    config = default_soak_config().model_copy(update={"transport": args.transport})
+    report = asyncio.run(
+        run_soak(args.duration, args.seed, rate=args.rate, faults=args.faults, config=config)
+    )
     print(report.format())
     return 0 if report.ok else 1
 
