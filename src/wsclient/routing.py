@@ -298,7 +298,7 @@ class RequestTracker:
     value, so a venue must echo the id with the type it was sent with.
     """
 
-    __slots__ = ("_ids", "_needle_bytes", "_needle_text", "_pending", "also_route", "id_field")
+    __slots__ = ("_ids", "_needle_bytes", "_needle_text", "also_route", "id_field", "outstanding")
 
     def __init__(self, id_field: str = "id", *, first_id: int = 1, also_route: bool = False) -> None:
         if not id_field:
@@ -306,14 +306,16 @@ class RequestTracker:
         self.id_field = id_field
         self.also_route = also_route
         self._ids = itertools.count(first_id)
-        self._pending: dict[Hashable, asyncio.Future[Any]] = {}
+        self.outstanding: dict[Hashable, asyncio.Future[Any]] = {}
+        """The requests awaiting a reply, by id. Read-only to others (the router tests it for
+        emptiness on every frame), and always the same dict: it is emptied in place."""
         self._needle_text = f'"{id_field}"'
         self._needle_bytes = self._needle_text.encode()
 
     @property
     def pending(self) -> int:
         """Requests awaiting a reply."""
-        return len(self._pending)
+        return len(self.outstanding)
 
     def next_id(self) -> int:
         """A fresh request id (increasing integers from ``first_id``)."""
@@ -359,16 +361,16 @@ class RequestTracker:
         done (resolved, failed or cancelled, e.g. by ``asyncio.wait_for`` on timeout), so a
         forgotten :meth:`forget` does not leak.
         """
-        if request_id in self._pending:
+        if request_id in self.outstanding:
             raise ValueError(f"request id {request_id!r} is already pending")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        self.outstanding[request_id] = future
         future.add_done_callback(functools.partial(self._discard, request_id))
         return future
 
     def _discard(self, request_id: Hashable, future: asyncio.Future[Any]) -> None:
-        if self._pending.get(request_id) is future:
-            del self._pending[request_id]
+        if self.outstanding.get(request_id) is future:
+            del self.outstanding[request_id]
 
     def resolve(self, frame: Data, codec: Codec | None = None) -> bool:
         """If ``frame`` replies to a pending request, resolve its future and return True.
@@ -376,7 +378,7 @@ class RequestTracker:
         Cheap when nothing is pending, and for JSON frames that do not contain the id field's
         name. Frames that cannot be decoded are simply not replies.
         """
-        if not self._pending:
+        if not self.outstanding:
             return False
         if codec is None or type(codec) is JsonCodec:
             if isinstance(frame, str):
@@ -395,13 +397,13 @@ class RequestTracker:
 
     def resolve_object(self, obj: Any) -> bool:
         """Like :meth:`resolve`, for a frame already decoded to Python values."""
-        if not self._pending or not isinstance(obj, dict):
+        if not self.outstanding or not isinstance(obj, dict):
             return False
         request_id = obj.get(self.id_field)
         if request_id is None:
             return False
         try:
-            future = self._pending.pop(request_id)
+            future = self.outstanding.pop(request_id)
         except (KeyError, TypeError):  # TypeError: an unhashable id such as a list
             return False
         if future.done():
@@ -411,15 +413,15 @@ class RequestTracker:
 
     def forget(self, request_id: Hashable) -> None:
         """Stop waiting for ``request_id``; a still-pending future is cancelled. Idempotent."""
-        future = self._pending.pop(request_id, None)
+        future = self.outstanding.pop(request_id, None)
         if future is not None and not future.done():
             future.cancel()
 
     def fail_all(self, exc: BaseException) -> None:
         """Fail every pending request with ``exc`` at once (the connection was lost)."""
         # Emptied in place: a compiled Router.dispatch holds this dict.
-        pending = list(self._pending.values())
-        self._pending.clear()
+        pending = list(self.outstanding.values())
+        self.outstanding.clear()
         for future in pending:
             if not future.done():
                 future.set_exception(exc)
@@ -772,7 +774,7 @@ class Router:
 
         stats = self.stats
         requests = self.requests
-        pending: dict[Hashable, Any] = requests._pending if requests is not None else {}
+        pending: dict[Hashable, Any] = requests.outstanding if requests is not None else {}
         claim_reply, rejected, invalid = self._claim_reply, self._rejected, self._invalid
         deliver, failed, finish = self._deliver, self._handler_failed, self._finish
         isawaitable = inspect.isawaitable
@@ -820,7 +822,7 @@ class Router:
         except Exception as exc:
             return self._invalid(frame, exc)
         requests = self.requests
-        if requests is not None and requests._pending and self._claim_reply(requests, frame, obj):
+        if requests is not None and requests.outstanding and self._claim_reply(requests, frame, obj):
             return None
         tagger = self._tagger
         if tagger is not None:

@@ -173,6 +173,14 @@ class Transport(Protocol):
         with :class:`~wsclient.errors.TransportClosed` if the connection closes first.
         """
 
+    def ping_nowait(self, payload: bytes) -> asyncio.Future[float]:
+        """:meth:`ping` without waiting: the frame is written at once, never held behind a full send
+        buffer (a heartbeat must not wait behind data). Raises TransportClosed if closed."""
+
+    def send_nowait(self, data: Data) -> None:
+        """Write one message at once, without waiting for the send buffer to drain (the heartbeat's
+        application pings). Raises TransportClosed if closed."""
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Run the close handshake (the caller bounds it in time)."""
 

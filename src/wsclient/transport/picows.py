@@ -614,6 +614,15 @@ class PicowsTransport:
                 raise listener.closed()
 
     async def ping(self, payload: bytes) -> asyncio.Future[float]:
+        return self.ping_nowait(payload)
+
+    def send_nowait(self, data: Data) -> None:
+        ws = self._ws
+        if ws.is_close_frame_sent or ws.is_disconnected:
+            raise self._listener.closed()
+        ws.send(_TEXT if isinstance(data, str) else _BINARY, data)
+
+    def ping_nowait(self, payload: bytes) -> asyncio.Future[float]:
         ws = self._ws
         listener = self._listener
         if ws.is_close_frame_sent or ws.is_disconnected:

@@ -188,15 +188,52 @@ class WebsocketsTransport:
             await self._lost()
 
     async def ping(self, payload: bytes) -> asyncio.Future[float]:
-        try:
-            pong = await self._ws.ping(payload)
-        except ConnectionClosed as exc:
-            raise self._closed(exc) from None
+        return self.ping_nowait(payload)
+
+    def ping_nowait(self, payload: bytes) -> asyncio.Future[float]:
+        ws = self._ws
+        self._check_open()
+        if payload in ws.pending_pings:
+            raise RuntimeError("already waiting for a pong with the same data")
+        loop = asyncio.get_running_loop()
+        # websockets' ping() waits for the send buffer to drain; a heartbeat must not. Its own
+        # bookkeeping is kept (pending_pings is what acknowledges a pong), the write is done here.
+        pong: asyncio.Future[float] = loop.create_future()
+        ws.pending_pings[payload] = (pong, loop.time())
+        ws.protocol.send_ping(payload)
+        ws.send_data()
         # A future of our own, so that a caller giving up on it does not cancel websockets' (a late
         # pong would go unnoticed), and so that it fails with TransportClosed, not ConnectionClosed.
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        asyncio.ensure_future(pong).add_done_callback(lambda done: self._settle(done, future))
+        future: asyncio.Future[float] = loop.create_future()
+        pong.add_done_callback(lambda done: self._settle(done, future))
         return future
+
+    def send_nowait(self, data: Data) -> None:
+        ws = self._ws
+        self._check_open()
+        if isinstance(data, str):
+            ws.protocol.send_text(data.encode())
+        else:
+            ws.protocol.send_binary(data)
+        ws.send_data()
+
+    def _check_open(self) -> None:
+        ws = self._ws
+        if ws.protocol.state is not State.OPEN or ws.transport.is_closing():
+            stalled = ws.stalled
+            if stalled is not None:
+                raise PeerNotReading(CloseCode.POLICY_VIOLATION, stalled, by_peer=False)
+            protocol = ws.protocol
+            text = self._redactor.text
+            if protocol.close_rcvd is not None:
+                raise TransportClosed(
+                    protocol.close_rcvd.code, text(protocol.close_rcvd.reason), by_peer=True
+                )
+            if protocol.close_sent is not None:
+                raise TransportClosed(
+                    protocol.close_sent.code, text(protocol.close_sent.reason), by_peer=False
+                )
+            raise TransportClosed(1006, "connection dropped without a close frame", by_peer=True)
 
     def _settle(self, pong: asyncio.Future[float], future: asyncio.Future[float]) -> None:
         if future.done():

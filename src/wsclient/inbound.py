@@ -1,0 +1,412 @@
+"""Inbound: the receiver each link feeds, the bounded queue, the dispatcher, the overflow policy.
+
+The reader never waits on application code, frames reach the handlers in arrival order, and one link
+at a time feeds them:
+
+* While nothing is queued, a frame is delivered as soon as the transport has parsed it: the link's
+  :class:`Receiver` exposes the client's target as its inline shortcut, and sync callbacks and
+  handlers run right there (they block the loop wherever they run, so this changes neither order
+  nor liveness, and saves a queue hop per frame).
+* What must be awaited (an async or ``in_thread`` handler) comes back as an awaitable and goes into
+  the queue; a dispatcher task then runs, in order, that and the frames read meanwhile, and ends when
+  the queue is empty. So there is a dispatcher task only while there is async work.
+* When the queue is full, ``inbound_overflow="block"`` stops reading (lossless; the dead-link verdict
+  is suspended meanwhile), ``drop_oldest`` / ``drop_newest`` drop and report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .callbacks import Callbacks
+from .codec import Data
+from .config import ClientConfig
+from .events import MessageDropped
+from .heartbeat import Liveness, PongWatch
+from .logs import LogLimiter
+from .redact import Redactor
+from .routing import SYNC_HANDLER_FAILURES, RequestTracker, Router, SequenceGap, handler_failed
+from .session import Counters
+from .transport import InlineTarget
+
+__all__ = ["Inbound", "Receiver"]
+
+
+class _ReconnectMark:
+    """Put in the queue where one link's frames end and the next one's begin."""
+
+    __slots__ = ()
+
+
+_RECONNECT = _ReconnectMark()
+
+
+class _Deferred:
+    """Put in the queue for a frame whose sync part ran inline: the rest, to be awaited."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self, pending: Awaitable[None]) -> None:
+        self.pending = pending
+
+
+class _Process:
+    """The inline target of a client with ``on_message`` callbacks: :meth:`Inbound.process`."""
+
+    __slots__ = ("dispatch",)
+
+    def __init__(self, dispatch: Callable[[Data], Awaitable[None] | None]) -> None:
+        self.dispatch = dispatch
+
+
+class Receiver:
+    """What one link's transport delivers to (a :class:`~wsclient.transport.Sink`)."""
+
+    __slots__ = ("_inbound", "inline", "liveness", "pong_watch")
+
+    def __init__(self, inbound: Inbound, pong_watch: PongWatch | None) -> None:
+        self._inbound = inbound
+        self.pong_watch = pong_watch
+        self.liveness: Liveness | None = None
+        self.inline: InlineTarget | None = None
+
+    def __call__(self, data: Data) -> Awaitable[None] | None:
+        watch = self.pong_watch
+        if watch is not None and watch.waiting and watch.check(data):
+            return None
+        return self._inbound.receive(data)
+
+    def defer(self, pending: Awaitable[None]) -> None:
+        self._inbound.defer(pending)
+
+
+class Inbound:
+    """Delivery of one client's inbound frames to its callbacks and router."""
+
+    __slots__ = (
+        "_callbacks",
+        "_counters",
+        "_dispatcher",
+        "_limit",
+        "_limiter",
+        "_log",
+        "_low",
+        "_policy",
+        "_queue",
+        "_receiver",
+        "_redactor",
+        "_router",
+        "_routing",
+        "_space",
+        "_target",
+        "closed",
+        "message_callbacks",
+        "router",
+    )
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        callbacks: Callbacks,
+        counters: Counters,
+        requests: RequestTracker,
+        redactor: Redactor,
+        limiter: LogLimiter,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self.router = Router(
+            discriminator=config.discriminator,
+            codec=config.codec,
+            on_error=self.routing_error,
+            on_unknown=self.unknown,
+            on_gap=self.gap,
+            requests=requests,
+            log_limiter=limiter,
+            redact=redactor.text,
+        )
+        self._router = self.router
+        self._limiter = limiter
+        self._callbacks = callbacks
+        self._counters = counters
+        self._redactor = redactor
+        self._log = log
+        self._policy = config.inbound_overflow
+        self._limit = config.inbound_queue
+        self._low = max(0, self._limit // 2)
+        self.message_callbacks: list[Callable[[Data], Any]] = []
+        # Typed routing is opt-in: until a model, an on_unknown hook or a request needs it, frames go
+        # only to on_message callbacks and the router costs nothing.
+        self._routing = False
+        self._target: InlineTarget | None = None
+        # Created on first use: an empty deque costs ~760 B, and a client whose handlers are all
+        # sync may never queue a frame.
+        self._queue: deque[Any] | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._space: asyncio.Future[None] | None = None
+        self._receiver: Receiver | None = None
+        self.closed = False
+
+    # -- what listens --------------------------------------------------------------------------------
+
+    def add_message_callback(self, callback: Callable[[Data], Any]) -> None:
+        """Register an ``on_message`` callback (they run before typed handlers)."""
+        self.message_callbacks.append(callback)
+        self._update_target()
+
+    def route(self) -> None:
+        """Turn typed routing on (a model, an ``on_unknown`` hook or a request needs it)."""
+        if not self._routing:
+            self._routing = True
+            self._update_target()
+
+    def _update_target(self) -> None:
+        if self.message_callbacks:
+            self._target = _Process(self.process)
+        elif self._routing:
+            self._target = self._router
+        else:
+            self._target = None
+        self._set_inline()
+
+    def _set_inline(self) -> None:
+        receiver = self._receiver
+        if receiver is not None:
+            # In message heartbeat mode every frame must pass the pong check of Receiver.__call__.
+            idle = self._dispatcher is None and not self._queue and not self.closed
+            receiver.inline = self._target if idle and receiver.pong_watch is None else None
+
+    # -- links ---------------------------------------------------------------------------------------
+
+    def attach(self, pong_watch: PongWatch | None, *, reconnect: bool) -> Receiver:
+        """A receiver for a new link, which from now on is the one feeding the handlers.
+
+        ``reconnect`` marks where the earlier links' frames end, in arrival order: frames of an
+        old link still queued must not count as the new link's first.
+        """
+        previous = self._receiver
+        if previous is not None:
+            previous.inline = None
+        receiver = self._receiver = Receiver(self, pong_watch)
+        if reconnect:
+            if self._queue:
+                self._queue.append(_RECONNECT)
+            else:
+                self._router.sequences.mark_reconnect()
+        self._set_inline()
+        return receiver
+
+    def started(self, receiver: Receiver, liveness: Liveness) -> None:
+        """The link of ``receiver`` reads now, into ``liveness``."""
+        receiver.liveness = liveness
+
+    # -- the hot path ----------------------------------------------------------------------------------
+
+    def receive(self, data: Data) -> Awaitable[None] | None:
+        """A frame the inline shortcut did not take: deliver it now if nothing waits, else queue it.
+
+        Returns an awaitable when the queue is full under the ``block`` policy: the transport stops
+        reading until it completes.
+        """
+        queue = self._queue
+        target = self._target
+        if self._dispatcher is None and not queue:
+            if target is not None and not self.closed:
+                pending = target.dispatch(data)
+                if pending is not None:
+                    self.defer(pending)
+            # Nobody listens yet: the frame is counted (by the transport) and goes nowhere.
+            return None
+        assert queue is not None
+        queue.append(data)
+        if len(queue) >= self._limit:
+            return self._full()
+        return None
+
+    def defer(self, pending: Awaitable[None]) -> None:
+        """The rest of a frame's delivery, to be awaited before any later frame."""
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append(_Deferred(pending))
+        if self._dispatcher is None and not self.closed:
+            receiver = self._receiver
+            if receiver is not None:
+                receiver.inline = None
+            self._dispatcher = asyncio.get_running_loop().create_task(
+                self._dispatch(), name="wsclient-dispatch"
+            )
+
+    def _full(self) -> Awaitable[None] | None:
+        queue = self._queue
+        assert queue is not None
+        if self._policy == "block":
+            receiver = self._receiver
+            if receiver is not None and receiver.liveness is not None:
+                receiver.liveness.blocked = True
+            if self._space is None:
+                self._space = asyncio.get_running_loop().create_future()
+            return self._space
+        if self._policy == "drop_newest":
+            dropped = queue.pop()  # the frame just appended, never a mark
+        else:
+            # The oldest frame: reconnect marks and deferred work at the head stay in place.
+            for index, dropped in enumerate(queue):
+                if dropped.__class__ is str or dropped.__class__ is bytes:
+                    del queue[index]
+                    break
+        assert isinstance(dropped, str | bytes)
+        self._counters.dropped_in += 1
+        self._callbacks.emit(MessageDropped("in", "inbound queue full", dropped))
+        return None
+
+    def _space_available(self) -> None:
+        space, self._space = self._space, None
+        receiver = self._receiver
+        liveness = receiver.liveness if receiver is not None else None
+        if liveness is not None:
+            liveness.blocked = False
+            # Time spent held back by our own queue is not silence on the link.
+            liveness.last_inbound = asyncio.get_running_loop().time()
+        if space is not None and not space.done():
+            space.set_result(None)
+
+    async def _dispatch(self) -> None:
+        process = self.process
+        mark_reconnect = self._router.sequences.mark_reconnect
+        queue = self._queue
+        assert queue is not None
+        try:
+            while queue:
+                item = queue.popleft()
+                if self._space is not None and len(queue) <= self._low:
+                    self._space_available()
+                if item is _RECONNECT:
+                    # Here, in arrival order, and not when the socket opened.
+                    mark_reconnect()
+                    continue
+                pending = item.pending if item.__class__ is _Deferred else process(item)
+                if pending is not None:
+                    await pending
+        finally:
+            self._dispatcher = None
+            if self._space is not None:
+                self._space_available()
+            # Nothing waits any more: frames go straight to the handlers again.
+            self._set_inline()
+
+    async def stop(self) -> None:
+        """Stop delivering: cancel the dispatcher, drop what is queued."""
+        self.closed = True
+        receiver = self._receiver
+        if receiver is not None:
+            receiver.inline = None
+        dispatcher = self._dispatcher
+        if dispatcher is not None:
+            dispatcher.cancel()
+            await asyncio.gather(dispatcher, return_exceptions=True)
+        if self._queue is not None:
+            self._queue.clear()
+        space, self._space = self._space, None
+        if space is not None and not space.done():
+            space.cancel()
+
+    @property
+    def queued(self) -> int:
+        """Frames and deferred work waiting for the dispatcher."""
+        return len(self._queue or ())
+
+    # -- delivery ------------------------------------------------------------------------------------
+
+    def process(self, data: Data) -> Awaitable[None] | None:
+        """Deliver one frame to the ``on_message`` callbacks, then the router; never raises.
+
+        Sync work runs now. Returns ``None`` when everything ran, else an awaitable for the rest (an
+        async callback or handler, and whatever follows it), which must complete before the next
+        frame is delivered: that is what keeps frames in arrival order.
+        """
+        callbacks = self.message_callbacks
+        if callbacks:
+            for index, callback in enumerate(callbacks):
+                try:
+                    result = callback(data)
+                except SYNC_HANDLER_FAILURES as exc:
+                    self.handler_error(data, exc)
+                    continue
+                if result is not None and inspect.isawaitable(result):
+                    return self._finish(data, result, index + 1)
+        if self._routing:
+            return self._router.dispatch(data)
+        return None
+
+    async def _finish(self, data: Data, result: Awaitable[Any], start: int) -> None:
+        """The rest of :meth:`process` after an async ``on_message`` callback."""
+        try:
+            await result
+        except BaseException as exc:
+            if not handler_failed(exc):
+                raise
+            self.handler_error(data, exc)
+        for callback in self.message_callbacks[start:]:
+            try:
+                result = callback(data)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except BaseException as exc:
+                if not handler_failed(exc):
+                    raise
+                self.handler_error(data, exc)
+        if self._routing:
+            pending = self._router.dispatch(data)
+            if pending is not None:
+                await pending
+
+    def handler_error(self, item: object, exc: BaseException) -> None:
+        """An ``on_message`` callback raised: count, log (rate-limited), report."""
+        self._counters.handler_errors += 1
+        suppressed = self._limiter.allow("handler")
+        if suppressed is not None:
+            self._log.error(
+                "handler raised %s: %s%s",
+                type(exc).__name__,
+                self._redactor.text(str(exc)),
+                LogLimiter.suffix(suppressed),
+                exc_info=exc,
+            )
+        self._callbacks.report_error(item, exc)
+
+    # -- the router's hooks --------------------------------------------------------------------------
+
+    def routing_error(self, item: object, exc: BaseException) -> None:
+        """The router's ``on_error``: an invalid frame or a typed handler's error."""
+        # The router has counted it, and logged it if it was a handler's error.
+        if not self._callbacks.error and (item.__class__ is str or item.__class__ is bytes):
+            # An invalid frame nobody listens for: at least the log says so (rate-limited).
+            self._router.log_invalid(item, exc)
+        self._callbacks.report_error(item, exc)
+
+    def unknown(self, frame: Data) -> None:
+        """The router's ``on_unknown``."""
+        if not self._callbacks.unknown:
+            self._router.log_unknown(frame)
+        self._callbacks.unknown_frame(frame)
+
+    def gap(self, gap: SequenceGap) -> None:
+        """The router's ``on_gap``."""
+        if not self._callbacks.gap:
+            suppressed = self._limiter.allow("gap")
+            if suppressed is not None:
+                self._log.warning(
+                    "sequence %s in stream %r: expected %d, got %d%s%s",
+                    gap.kind,
+                    gap.stream,
+                    gap.expected,
+                    gap.received,
+                    " (across a reconnect)" if gap.across_reconnect else "",
+                    LogLimiter.suffix(suppressed),
+                )
+        self._callbacks.sequence_gap(gap)

@@ -1,0 +1,220 @@
+"""The single exit for data frames: encode → send → count, the outbox, the replay, the flush.
+
+Every data frame the client writes leaves through :class:`Outbound`: the application's sends and
+requests, the ``on_connect`` hooks' sends, the replayed subscriptions and the outbox. Order on a link
+is replay → outbox → live sends: while the outbox is being flushed, new sends queue behind it. A
+frame is counted as sent only once the socket took it; one lost in flight is reported and never
+re-sent. A writer task exists only while the outbox holds frames for an open link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from .callbacks import Callbacks
+from .codec import Codec, Data
+from .codec import encode as encode_frame
+from .errors import ConnectionLostError, RequestTimeout, TransportClosed
+from .events import MessageDropped
+from .link import Link, LinkDown
+from .policy import describe
+from .redact import Redactor
+from .session import Outgoing, Session, Subscription
+from .state import LinkPhase
+
+__all__ = ["Outbound"]
+
+M = TypeVar("M", bound=BaseModel)
+
+LOST_IN_FLIGHT = "connection lost while sending"
+
+
+class Outbound:
+    """Sends for one client, on whichever link is primary."""
+
+    __slots__ = (
+        "_callbacks",
+        "_codec",
+        "_flushing",
+        "_redactor",
+        "_route",
+        "_session",
+        "_state",
+        "_writer",
+        "link",
+    )
+
+    def __init__(
+        self,
+        session: Session,
+        callbacks: Callbacks,
+        codec: Codec | None,
+        redactor: Redactor,
+        *,
+        state: Callable[[], str],
+        route: Callable[[], None],
+    ) -> None:
+        self._session = session
+        self._callbacks = callbacks
+        self._codec = codec
+        self._redactor = redactor
+        self._state = state
+        self._route = route
+        self.link: Link | None = None
+        """The primary link, from its handshake to its end (set by the supervisor)."""
+        self._flushing = False
+        self._writer: asyncio.Task[None] | None = None
+
+    def encode(self, message: Outgoing) -> Data:
+        """dict/list and models as JSON (or through the codec), str and bytes as they are."""
+        return encode_frame(message, self._codec)
+
+    # -- sending -----------------------------------------------------------------------------------
+
+    async def send(self, message: Outgoing) -> None:
+        """Send now on an open link with nothing queued ahead; otherwise queue in the outbox."""
+        data = self.encode(message)
+        link = self.link
+        if (
+            link is not None
+            and link.phase is LinkPhase.OPEN
+            and not self._session.outbox
+            and not self._flushing
+        ):
+            await self.send_on(link, data)
+        else:
+            self.enqueue(data)
+
+    async def send_on(self, link: Link, data: Data) -> None:
+        """Write ``data`` on ``link`` now; count it once the socket took it.
+
+        Raises :class:`~wsclient.ConnectionLostError` if the link ends before (the frame is not
+        re-sent).
+        """
+        transport = link.transport
+        assert transport is not None
+        try:
+            await transport.send(data)
+        except TransportClosed as exc:
+            raise ConnectionLostError(
+                f"connection lost while sending: {self._redactor.text(describe(exc))}"
+            ) from exc
+        counters = self._session.counters
+        counters.messages_out += 1
+        counters.bytes_out += len(data)
+
+    def enqueue(self, data: Data) -> None:
+        """Queue ``data`` for the next flush (applies the outbox's overflow policy)."""
+        self._session.outbox.put(data, self._state())
+        link = self.link
+        if link is not None and link.phase is LinkPhase.OPEN and self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write(link), name=f"wsclient-writer-{link.id}"
+            )
+
+    async def _write(self, link: Link) -> None:
+        try:
+            await self.flush(link)
+        except LinkDown as down:
+            link.fail(down.cause)
+        finally:
+            self._writer = None
+
+    async def flush(self, link: Link) -> None:
+        """Send the outbox in order; a frame lost in flight is reported, the rest stay queued.
+
+        Raises :class:`~wsclient.link.LinkDown` when the link ends meanwhile.
+        """
+        outbox = self._session.outbox
+        self._flushing = True
+        try:
+            while outbox:
+                data = outbox.pop()
+                try:
+                    await self.send_on(link, data)
+                except ConnectionLostError as exc:
+                    self.dropped(data, LOST_IN_FLIGHT)
+                    raise LinkDown(exc.__cause__ or exc) from None
+        finally:
+            self._flushing = False
+
+    async def stop_writer(self) -> None:
+        """Stop the writer task, if one runs (its link is over)."""
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            self._writer = None
+
+    def dropped(self, data: Data, reason: str) -> None:
+        """Count and report a frame that will not be sent."""
+        self._session.counters.dropped_out += 1
+        self._callbacks.emit(MessageDropped("out", reason, data))
+
+    # -- subscriptions -----------------------------------------------------------------------------
+
+    def subscribe(self, message: Outgoing, unsubscribe: Outgoing | None) -> Subscription:
+        """Remember a subscription; send it now if the current link has replayed already."""
+        sub = Subscription(message, unsubscribe, self._cancel)
+        self._session.subscriptions.append(sub)
+        link = self.link
+        if link is not None and link.phase.replayed:
+            # The current link has replayed already: send it like any other message.
+            self.enqueue(self.encode(message))
+            sub.sent_on = link.id
+        return sub
+
+    async def _cancel(self, sub: Subscription) -> None:
+        self._session.subscriptions.remove(sub)
+        link = self.link
+        if sub.unsubscribe is not None and link is not None and sub.sent_on == link.id and link.phase.is_live:
+            await self.send(sub.unsubscribe)
+
+    async def replay(self, link: Link, pause: float) -> None:
+        """Send every active subscription in order on ``link``, including ones added meanwhile."""
+        subscriptions = self._session.subscriptions
+        sent: set[int] = set()
+        while True:
+            pending = [s for s in subscriptions if id(s) not in sent]
+            if not pending:
+                break
+            for sub in pending:
+                sent.add(id(sub))
+                if not sub.active:
+                    continue
+                if pause and len(sent) > 1:
+                    await asyncio.sleep(pause)
+                    if not sub.active:  # cancelled during the pause: never sent, nothing to undo
+                        continue
+                await self.send_on(link, self.encode(sub.message))
+                sub.sent_on = link.id
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    async def request(
+        self,
+        message: Any,
+        timeout: float,
+        model: type[M] | None,
+        send: Callable[[Data], Awaitable[None]],
+    ) -> Any:
+        """Send ``message`` with a fresh correlation id through ``send``; return the reply."""
+        requests = self._session.requests
+        request_id, frame = requests.prepare(message, self._codec)
+        future = requests.create(request_id)
+        self._route()
+        try:
+            await send(frame)
+            async with asyncio.timeout(timeout):
+                reply = await future
+        except TimeoutError:
+            raise RequestTimeout(f"no reply to request {request_id!r} within {timeout}s") from None
+        finally:
+            requests.forget(request_id)
+        if model is not None:
+            return model.model_validate(reply)
+        return reply

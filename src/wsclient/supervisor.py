@@ -1,0 +1,388 @@
+"""The reconnect loop: connect, open, watch, judge, wait, again; and the one way a client ends.
+
+:class:`Supervisor` is the client's only long-lived task. For each attempt it makes a
+:class:`~wsclient.link.Link`, drives it through its phases (handshake, ``on_connect`` hooks, replay,
+flush, open) and waits for its death; then the policy (:mod:`wsclient.policy`) judges the cause, the
+state table (:mod:`wsclient.state`) moves, the events go out and the backoff is waited. It alone
+decides which link is primary (the one the outbound part writes to and the inbound part listens to).
+
+A client ends in one teardown path, whether the application closed it or the supervisor gave up:
+the outbox is reported, pending requests fail, the writer and the dispatcher stop, async callbacks
+get ``close_timeout`` to finish, and :meth:`wait_done` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from .callbacks import Callbacks
+from .config import ClientConfig
+from .errors import (
+    ClientClosedError,
+    ConnectionLostError,
+    GaveUpError,
+    HandshakeRejected,
+    PeerNotReading,
+    TransportClosed,
+)
+from .events import Closed, Connected, ConnectFailed, Disconnected, GaveUp, HeartbeatMissed, Reconnecting
+from .inbound import Inbound
+from .link import Link, LinkDown
+from .outbound import Outbound
+from .policy import Backoff, classify, describe
+from .redact import Redactor
+from .session import Outgoing, Session
+from .state import ConnectionState, LinkEvent, StateEvent, StateMachine, attempt_ended, next_attempt
+from .transport import ConnectOptions, Connector
+
+__all__ = ["Connection", "Supervisor"]
+
+M = TypeVar("M", bound=BaseModel)
+_S = ConnectionState
+_E = StateEvent
+
+
+class Connection:
+    """The connection being opened, as seen by ``on_connect`` hooks.
+
+    :meth:`send` writes straight to this connection, ahead of the replayed subscriptions and the
+    outbox: that is where a login or auth message belongs.
+    """
+
+    __slots__ = ("_link", "_outbound", "id", "reconnect", "subprotocol")
+
+    def __init__(self, link: Link, outbound: Outbound, reconnect: bool) -> None:
+        self._link = link
+        self._outbound = outbound
+        self.id = link.id
+        self.reconnect = reconnect
+        self.subprotocol = link.transport.subprotocol if link.transport is not None else None
+
+    async def send(self, message: Outgoing) -> None:
+        """Send ``message`` on this connection now."""
+        await self._outbound.send_on(self._link, self._outbound.encode(message))
+
+    async def request(self, message: Any, *, timeout: float, model: type[M] | None = None) -> Any:
+        """Like :meth:`Client.request`, sent on this connection now (e.g. a login awaiting its ack).
+
+        ``client.request()`` cannot serve inside a hook: the client is not ``OPEN`` yet, so its
+        frame would wait in the outbox until after the hooks, and the hook would wait for ever.
+        """
+        return await self._outbound.request(message, timeout, model, self.send)
+
+    def __repr__(self) -> str:
+        return f"<Connection id={self.id} reconnect={self.reconnect}>"
+
+
+class Supervisor:
+    """Keeps one client connected, and ends it."""
+
+    __slots__ = (
+        "_callbacks",
+        "_close_request",
+        "_closing",
+        "_config",
+        "_connector",
+        "_done",
+        "_inbound",
+        "_link_ids",
+        "_log",
+        "_options",
+        "_outbound",
+        "_redactor",
+        "_running",
+        "_safe_url",
+        "_session",
+        "_task",
+        "connect_hooks",
+        "failure",
+        "link",
+        "sm",
+    )
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        connector: Connector,
+        options: ConnectOptions,
+        *,
+        session: Session,
+        callbacks: Callbacks,
+        inbound: Inbound,
+        outbound: Outbound,
+        redactor: Redactor,
+        safe_url: str,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        on_transition: Callable[[ConnectionState, StateEvent, ConnectionState], None],
+    ) -> None:
+        self._config = config
+        self._safe_url = safe_url
+        self._connector = connector
+        self._options = options
+        self._session = session
+        self._callbacks = callbacks
+        self._inbound = inbound
+        self._outbound = outbound
+        self._redactor = redactor
+        self._log = log
+        self.sm = StateMachine(listener=on_transition)
+        self.connect_hooks: list[Callable[[Connection], Any]] = []
+        self.link: Link | None = None
+        """The primary link, while there is one."""
+        self.failure: GaveUpError | None = None
+        self._link_ids = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._closing = False
+        self._running = False
+        self._close_request: tuple[int, str] = (1000, "")
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self, name: str) -> None:
+        """Start connecting in the background (the client must be ``IDLE``)."""
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        # The transition happens here, not in the task's first step: a close() right after start()
+        # (before the task has run) must find a started client and stop it.
+        self.sm.handle(_E.START)
+        self._task = loop.create_task(self._run(), name=name)
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` ran."""
+        return self._done is not None
+
+    async def wait_done(self) -> None:
+        """Return once the client is ``CLOSED`` or ``FAILED`` and torn down."""
+        assert self._done is not None
+        await asyncio.shield(self._done)
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``(code, reason)`` and tear everything down. Idempotent, cancel-safe."""
+        state = self.sm.state
+        if state is _S.IDLE:
+            self.sm.handle(_E.CLOSE)
+            self._session.outbox.drop_all("client closed")
+            self.sm.handle(_E.CLOSED)
+            return
+        if not self._closing and not state.is_terminal and state is not _S.CLOSING:
+            self._closing = True
+            self._close_request = (code, reason)
+            self.sm.handle(_E.CLOSE)
+            assert self._task is not None
+            if self._running:
+                self._task.cancel()
+        await self.wait_done()
+
+    async def _run(self) -> None:
+        self._running = True
+        try:
+            closed = True
+            # A close() before this first step finds _running unset and does not cancel the task
+            # (a task cancelled before its first step never enters its body): it is seen here.
+            if not self._closing:
+                try:
+                    await self._reconnect_loop()
+                    closed = False
+                except asyncio.CancelledError:
+                    if not self._closing:
+                        raise
+                    current = asyncio.current_task()
+                    if current is not None:
+                        current.uncancel()
+            if closed:
+                self._session.outbox.drop_all("client closed")
+                self.sm.handle(_E.CLOSED)
+                code, reason = self._close_request
+                self._callbacks.emit(Closed(code, reason))
+            await self._teardown("client closed" if closed else "client failed")
+        finally:
+            if self._done is not None and not self._done.done():
+                self._done.set_result(None)
+
+    async def _teardown(self, why: str) -> None:
+        """The one way out: what was never sent is reported, and nothing keeps running."""
+        self._session.outbox.drop_all(why)
+        self._session.requests.fail_all(ClientClosedError(f"no reply: {why}"))
+        await self._outbound.stop_writer()
+        await self._inbound.stop()
+        # Async event callbacks get close_timeout to finish (one reacting to the final Closed or
+        # GaveUp event can run), then they are cancelled.
+        await self._callbacks.finish(self._config.close_timeout)
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    async def _reconnect_loop(self) -> None:
+        """Connect, run, judge, wait, repeat: a loop, never recursion. Returns after giving up."""
+        config = self._config
+        backoff = Backoff(config.reconnect)
+        sm = self.sm
+        redact = self._redactor.text
+        loop = asyncio.get_running_loop()
+        while True:
+            event = next_attempt(sm.state)
+            if event is not None:
+                sm.handle(event)
+            link = Link(next(self._link_ids), config, on_missed=self._missed, codec=config.codec)
+            cause, opened_at = await self._attempt(link)
+            verdict = classify(cause, config.reconnect)
+            reason = redact(verdict.reason)
+            if opened_at is not None and loop.time() - opened_at >= config.reconnect.reset_after:
+                backoff.reset()
+            delay = backoff.next_delay(verdict.retry_after)  # counts the attempt, fatal or not
+            if not verdict.retry:
+                delay = None
+            will_retry = delay is not None
+            # Transition first, so that callbacks of the events below see the new state.
+            sm.handle(attempt_ended(opened=opened_at is not None, retry=will_retry))
+            outcome = f"retrying in {delay:.3f}s" if delay is not None else "giving up"
+            if opened_at is not None:
+                code = cause.code if isinstance(cause, TransportClosed) else None
+                self._log.warning("connection %d lost: %s; %s", link.id, reason, outcome)
+                self._callbacks.emit(Disconnected(link.id, code, reason, will_retry, delay))
+            else:
+                status = cause.status if isinstance(cause, HandshakeRejected) else None
+                asked = verdict.retry_after
+                if asked is not None and delay is not None and asked > delay:
+                    outcome += f" (the server asked for {asked:g}s: capped by max_retry_after)"
+                self._log.warning(
+                    "connect attempt %d to %s failed: %s; %s",
+                    backoff.failures,
+                    self._safe_url,
+                    reason,
+                    outcome,
+                )
+                self._callbacks.emit(
+                    ConnectFailed(backoff.failures, reason, status, will_retry, delay, asked)
+                )
+            if delay is None:
+                self._give_up(cause, reason, backoff.failures, fatal=not verdict.retry)
+                return
+            self._callbacks.emit(Reconnecting(backoff.failures + 1, delay))
+            await asyncio.sleep(delay)
+
+    async def _attempt(self, link: Link) -> tuple[BaseException, float | None]:
+        """One link's life: returns the cause of its end and when it had opened (None: never)."""
+        config = self._config
+        try:
+            await link.connect(
+                self._connector,
+                self._options,
+                max_redirects=config.max_redirects,
+                redactor=self._redactor,
+                log=self._log,
+            )
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            await link.shutdown()
+            raise
+        except BaseException as exc:
+            self._session.counters.connect_failures += 1
+            await link.shutdown()
+            return exc, None
+        self.link = self._outbound.link = link
+        receiver = self._inbound.attach(link.pong_watch, reconnect=link.id > 1)
+        link.start(receiver)
+        assert link.liveness is not None
+        self._inbound.started(receiver, link.liveness)
+        try:
+            try:
+                await link.guard(self._open(link))
+            except LinkDown as down:
+                cause = down.cause
+            else:
+                cause = await link.wait_done()
+        except asyncio.CancelledError:
+            if self._closing:
+                await self._close_link(link)
+            raise
+        except Exception as exc:
+            # A bug in wsclient must end in a reconnect the logs explain, never in a dead supervisor.
+            self._log.error("connection %d failed", link.id, exc_info=exc)
+            cause = exc
+        finally:
+            self.link = self._outbound.link = None
+            await self._outbound.stop_writer()
+            await link.shutdown()
+            self._end_link(link)
+        if isinstance(cause, PeerNotReading):
+            self._session.counters.write_stalls += 1
+        # Replies can no longer come: fail the waiters now rather than at their timeout.
+        self._session.requests.fail_all(
+            ConnectionLostError(
+                f"connection lost while waiting for a reply: {self._redactor.text(describe(cause))}"
+            )
+        )
+        return cause, link.opened_at
+
+    async def _open(self, link: Link) -> None:
+        """Hooks → subscription replay → outbox flush → OPEN."""
+        counters = self._session.counters
+        reconnect = counters.connects > 0
+        connection = Connection(link, self._outbound, reconnect)
+        try:
+            hooks = self.connect_hooks
+            if hooks:
+                async with asyncio.timeout(self._config.open_timeout):
+                    for hook in hooks:
+                        result = hook(connection)
+                        if inspect.isawaitable(result):
+                            await result
+            link.advance(LinkEvent.HOOKED)
+            await self._outbound.replay(link, self._config.replay_interval)
+            link.advance(LinkEvent.REPLAYED)
+        except ConnectionLostError as exc:
+            raise LinkDown(exc.__cause__ or exc) from None
+        except Exception as exc:
+            self._callbacks.report_error(connection, exc)
+            raise LinkDown(exc) from None
+        await self._outbound.flush(link)
+        link.advance(LinkEvent.FLUSHED)
+        self.sm.handle(_E.CONNECTED)
+        counters.connects += 1
+        self._log.info("connection %d open to %s", link.id, link.url)
+        self._callbacks.emit(
+            Connected(link.id, link.url, link.transport.subprotocol if link.transport else None, reconnect)
+        )
+
+    async def _close_link(self, link: Link) -> None:
+        """The polite close the application asked for, bounded by ``close_timeout``."""
+        code, reason = self._close_request
+        await link.stop_reading()
+        try:
+            await link.close(code, reason, self._config.close_timeout)
+        except Exception as exc:  # a timeout included: the socket is aborted next, regardless
+            self._log.debug("close handshake did not complete: %s", self._redactor.text(describe(exc)))
+
+    def _end_link(self, link: Link) -> None:
+        """Fold an ended link's figures into the session's."""
+        liveness = link.liveness
+        if liveness is None:
+            return
+        session = self._session
+        # While a link runs, the transport counts into its liveness (one count per frame on the hot
+        # path, not two); the totals take them now.
+        session.counters.messages_in += liveness.frames_in
+        session.counters.bytes_in += liveness.bytes_in
+        if liveness.frames_in:
+            session.last_inbound = liveness.last_inbound
+        if liveness.last_rtt is not None:
+            session.last_rtt = (liveness.last_rtt, liveness.last_rtt_at)
+
+    def _give_up(self, cause: BaseException, reason: str, attempts: int, *, fatal: bool) -> None:
+        self.failure = GaveUpError(cause, attempts, fatal=fatal, reason=reason)
+        self._log.error("%s", self.failure)
+        self._callbacks.emit(GaveUp(attempts, reason, fatal))
+        # Nothing will ever send these; say so rather than let them vanish.
+        self._session.outbox.drop_all("client failed")
+
+    def _missed(self, link_id: int, kind: str, waited: float, fatal: bool) -> None:
+        self._session.counters.heartbeat_misses += 1
+        self._callbacks.emit(HeartbeatMissed(link_id, kind, waited, fatal))
