@@ -37,10 +37,11 @@ class Callbacks:
         self._log = log
         self._limiter = limiter
         self._redact = redact
-        self.event: list[Callable[[ClientEvent], Any]] = []
-        self.error: list[Callable[[object, BaseException], Any]] = []
-        self.unknown: list[Callable[[Data], Any]] = []
-        self.gap: list[Callable[[SequenceGap], Any]] = []
+        # Tuples, replaced on registration (rare): an empty tuple is shared, an empty list is not.
+        self.event: tuple[Callable[[ClientEvent], Any], ...] = ()
+        self.error: tuple[Callable[[object, BaseException], Any], ...] = ()
+        self.unknown: tuple[Callable[[Data], Any], ...] = ()
+        self.gap: tuple[Callable[[SequenceGap], Any], ...] = ()
         # Created by the first async callback: most clients never need it.
         self._tasks: set[asyncio.Task[Any]] | None = None
 

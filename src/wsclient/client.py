@@ -36,7 +36,7 @@ from .outbound import Outbound
 from .redact import Redactor, connection_secrets, redact_url
 from .routing import RequestTracker, SequenceGap
 from .session import Outbox, Outgoing, Session, Subscription
-from .state import ConnectionState, StateEvent
+from .state import ConnectionState, StateEvent, StateMachine
 from .supervisor import Connection, Supervisor
 from .transport import ConnectOptions, Connector, get_connector
 
@@ -108,22 +108,17 @@ class Client:
         # What a server can make happen once per frame is logged a few times a minute, not per frame.
         limiter = LogLimiter()
         callbacks = self._callbacks = Callbacks(log, limiter, redactor.text)
-        # The outbox reports what its policy drops through the outbound part, like a frame lost in flight.
-        outbox = Outbox(
-            config.outbox_size, config.outbox_overflow, lambda data, why: self._outbound.dropped(data, why)
-        )
+        sm = StateMachine(listener=self._on_transition)
+        outbox = Outbox(config.outbox_size, config.outbox_overflow)
         session = self._session = Session(outbox, RequestTracker(config.request_id_field))
         inbound = self._inbound = Inbound(
             config, callbacks, session.counters, session.requests, redactor, limiter, log
         )
-        self._outbound = Outbound(
-            session,
-            callbacks,
-            config.codec,
-            redactor,
-            state=lambda: self._supervisor.sm.state.value,
-            route=inbound.route,
+        outbound = self._outbound = Outbound(
+            session, callbacks, config.codec, redactor, sm=sm, route=inbound.route
         )
+        # What the outbox's policy drops is reported like a frame lost in flight.
+        outbox.dropped = outbound.dropped
         options = ConnectOptions(
             url=url,
             headers=headers,
@@ -147,7 +142,7 @@ class Client:
             redactor=redactor,
             safe_url=self._safe_url,
             log=log,
-            on_transition=self._on_transition,
+            sm=sm,
         )
         # Plain futures rather than asyncio.Event: an Event allocates a waiter deque (~760 B) up
         # front, and a feeder may hold hundreds of idle clients.
@@ -207,7 +202,7 @@ class Client:
 
     def on_unknown(self, callback: Callable[[Data], Any]) -> Callable[[Data], Any]:
         """Register ``callback(frame)`` for frames that no registered model claims."""
-        self._callbacks.unknown.append(callback)
+        self._callbacks.unknown = (*self._callbacks.unknown, callback)
         self._inbound.route()
         return callback
 
@@ -217,7 +212,7 @@ class Client:
         ``gap.across_reconnect`` tells whether the messages were lost while reconnecting; answer with
         a snapshot request or a resubscribe as the venue requires.
         """
-        self._callbacks.gap.append(callback)
+        self._callbacks.gap = (*self._callbacks.gap, callback)
         return callback
 
     def on_event(self, callback: Callable[[ClientEvent], Any]) -> Callable[[ClientEvent], Any]:
@@ -225,14 +220,14 @@ class Client:
 
         Sync callbacks run inline; async ones run as tasks that ``close()`` cancels.
         """
-        self._callbacks.event.append(callback)
+        self._callbacks.event = (*self._callbacks.event, callback)
         return callback
 
     def on_error(
         self, callback: Callable[[object, BaseException], Any]
     ) -> Callable[[object, BaseException], Any]:
         """Register ``callback(frame_or_message, exc)`` for handler errors and invalid frames."""
-        self._callbacks.error.append(callback)
+        self._callbacks.error = (*self._callbacks.error, callback)
         return callback
 
     def on_connect(self, hook: F) -> F:
@@ -241,7 +236,7 @@ class Client:
         The hook may send on the new connection with ``await connection.send(...)`` (e.g. login).
         A hook that raises fails the attempt, which is retried by the reconnect policy.
         """
-        self._supervisor.connect_hooks.append(hook)
+        self._supervisor.connect_hooks = (*self._supervisor.connect_hooks, hook)
         return hook
 
     def subscribe(self, message: Outgoing, unsubscribe: Outgoing | None = None) -> Subscription:
@@ -291,7 +286,8 @@ class Client:
             if liveness.last_rtt is not None:
                 rtt = (liveness.last_rtt, liveness.last_rtt_at)
         now = time.monotonic()
-        router = self._inbound.router
+        inbound = self._inbound
+        router = inbound.router if inbound.has_router else None
         return ClientStats(
             connects=c.connects,
             reconnects=max(0, c.connects - 1),
@@ -304,10 +300,10 @@ class Client:
             seconds_since_last_inbound=None if last is None else now - last,
             dropped_in=c.dropped_in,
             dropped_out=c.dropped_out,
-            handler_errors=c.handler_errors + router.stats.handler_errors,
-            invalid_messages=router.stats.invalid,
-            unknown_messages=router.stats.unknown,
-            sequence_gaps=router.sequences.gaps + router.sequences.resets,
+            handler_errors=c.handler_errors + (router.stats.handler_errors if router else 0),
+            invalid_messages=router.stats.invalid if router else 0,
+            unknown_messages=router.stats.unknown if router else 0,
+            sequence_gaps=router.sequences.gaps + router.sequences.resets if router else 0,
             requests_pending=session.requests.pending,
             heartbeat_misses=c.heartbeat_misses,
             inbound_queued=self._inbound.queued,

@@ -90,6 +90,7 @@ class Inbound:
 
     __slots__ = (
         "_callbacks",
+        "_config",
         "_counters",
         "_dispatcher",
         "_limit",
@@ -100,13 +101,13 @@ class Inbound:
         "_queue",
         "_receiver",
         "_redactor",
+        "_requests",
         "_router",
         "_routing",
         "_space",
         "_target",
         "closed",
         "message_callbacks",
-        "router",
     )
 
     def __init__(
@@ -119,17 +120,11 @@ class Inbound:
         limiter: LogLimiter,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger],
     ) -> None:
-        self.router = Router(
-            discriminator=config.discriminator,
-            codec=config.codec,
-            on_error=self.routing_error,
-            on_unknown=self.unknown,
-            on_gap=self.gap,
-            requests=requests,
-            log_limiter=limiter,
-            redact=redactor.text,
-        )
-        self._router = self.router
+        self._config = config
+        self._requests = requests
+        # Made by the first model, on_unknown hook or request: a client reading raw frames only
+        # never pays for one (~1 KiB).
+        self._router: Router | None = None
         self._limiter = limiter
         self._callbacks = callbacks
         self._counters = counters
@@ -138,7 +133,7 @@ class Inbound:
         self._policy = config.inbound_overflow
         self._limit = config.inbound_queue
         self._low = max(0, self._limit // 2)
-        self.message_callbacks: list[Callable[[Data], Any]] = []
+        self.message_callbacks: tuple[Callable[[Data], Any], ...] = ()
         # Typed routing is opt-in: until a model, an on_unknown hook or a request needs it, frames go
         # only to on_message callbacks and the router costs nothing.
         self._routing = False
@@ -153,9 +148,32 @@ class Inbound:
 
     # -- what listens --------------------------------------------------------------------------------
 
+    @property
+    def router(self) -> Router:
+        """The typed router (made on first use)."""
+        router = self._router
+        if router is None:
+            config = self._config
+            router = self._router = Router(
+                discriminator=config.discriminator,
+                codec=config.codec,
+                on_error=self.routing_error,
+                on_unknown=self.unknown,
+                on_gap=self.gap,
+                requests=self._requests,
+                log_limiter=self._limiter,
+                redact=self._redactor.text,
+            )
+        return router
+
+    @property
+    def has_router(self) -> bool:
+        """Whether the router was made (its figures are zero otherwise)."""
+        return self._router is not None
+
     def add_message_callback(self, callback: Callable[[Data], Any]) -> None:
         """Register an ``on_message`` callback (they run before typed handlers)."""
-        self.message_callbacks.append(callback)
+        self.message_callbacks = (*self.message_callbacks, callback)
         self._update_target()
 
     def route(self) -> None:
@@ -168,7 +186,7 @@ class Inbound:
         if self.message_callbacks:
             self._target = _Process(self.process)
         elif self._routing:
-            self._target = self._router
+            self._target = self.router
         else:
             self._target = None
         self._set_inline()
@@ -192,7 +210,7 @@ class Inbound:
         if previous is not None:
             previous.inline = None
         receiver = self._receiver = Receiver(self, pong_watch)
-        if reconnect:
+        if reconnect and self._router is not None:
             if self._queue:
                 self._queue.append(_RECONNECT)
             else:
@@ -277,7 +295,6 @@ class Inbound:
 
     async def _dispatch(self) -> None:
         process = self.process
-        mark_reconnect = self._router.sequences.mark_reconnect
         queue = self._queue
         assert queue is not None
         try:
@@ -287,7 +304,7 @@ class Inbound:
                     self._space_available()
                 if item is _RECONNECT:
                     # Here, in arrival order, and not when the socket opened.
-                    mark_reconnect()
+                    self.router.sequences.mark_reconnect()
                     continue
                 pending = item.pending if item.__class__ is _Deferred else process(item)
                 if pending is not None:
@@ -340,7 +357,7 @@ class Inbound:
                 if result is not None and inspect.isawaitable(result):
                     return self._finish(data, result, index + 1)
         if self._routing:
-            return self._router.dispatch(data)
+            return self.router.dispatch(data)
         return None
 
     async def _finish(self, data: Data, result: Awaitable[Any], start: int) -> None:
@@ -361,7 +378,7 @@ class Inbound:
                     raise
                 self.handler_error(data, exc)
         if self._routing:
-            pending = self._router.dispatch(data)
+            pending = self.router.dispatch(data)
             if pending is not None:
                 await pending
 
@@ -386,13 +403,13 @@ class Inbound:
         # The router has counted it, and logged it if it was a handler's error.
         if not self._callbacks.error and (item.__class__ is str or item.__class__ is bytes):
             # An invalid frame nobody listens for: at least the log says so (rate-limited).
-            self._router.log_invalid(item, exc)
+            self.router.log_invalid(item, exc)
         self._callbacks.report_error(item, exc)
 
     def unknown(self, frame: Data) -> None:
         """The router's ``on_unknown``."""
         if not self._callbacks.unknown:
-            self._router.log_unknown(frame)
+            self.router.log_unknown(frame)
         self._callbacks.unknown_frame(frame)
 
     def gap(self, gap: SequenceGap) -> None:

@@ -108,7 +108,7 @@ class Link:
             assert hb.is_pong is not None
             self.pong_watch = PongWatch(hb.is_pong, loop.time)
             self._ping_frame = encode_frame(hb.message, codec)
-        self._reader: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[Any] | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_timer: asyncio.TimerHandle | None = None
         self._watch_timer: asyncio.TimerHandle | None = None
@@ -159,21 +159,22 @@ class Link:
         assert transport is not None
         now = self._loop.time()
         liveness = self.liveness = Liveness(self._settings, now)
-        self._reader = self._loop.create_task(
-            self._read(transport, sink, liveness), name=f"wsclient-reader-{self.id}"
+        # The pump itself is the task (no wrapper coroutine: its frame would cost every idle link).
+        reader = self._reader = self._loop.create_task(
+            transport.pump(sink, liveness), name=f"wsclient-reader-{self.id}"
         )
+        reader.add_done_callback(self._read_ended)
         if self._settings.mode != "off":
             self._arm_ping()
         if self._settings.receive_timeout is not None:
             self._watch_at(now + self._settings.receive_timeout)
 
-    async def _read(self, transport: Transport, sink: Sink, liveness: Liveness) -> None:
-        try:
-            await transport.pump(sink, liveness)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # TransportClosed, or a backend bug: either way the link is over
-            self.fail(exc)
+    def _read_ended(self, reader: asyncio.Task[Any]) -> None:
+        if reader.cancelled():
+            return
+        # TransportClosed, or a backend bug: either way the link is over.
+        exc = reader.exception()
+        self.fail(exc if exc is not None else RuntimeError("the transport's pump returned"))
 
     def fail(self, cause: BaseException) -> None:
         """Record the cause of the link's death (the first one wins) and stop its timers."""
@@ -195,10 +196,6 @@ class Link:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         raise LinkDown(self.done.result())
-
-    async def wait_done(self) -> BaseException:
-        """Wait for the link's death and return its cause."""
-        return await asyncio.shield(self.done)
 
     async def close(self, code: int, reason: str, timeout: float) -> None:
         """The closing handshake, bounded by ``timeout`` (the socket is aborted after, regardless)."""

@@ -24,7 +24,7 @@ from .link import Link, LinkDown
 from .policy import describe
 from .redact import Redactor
 from .session import Outgoing, Session, Subscription
-from .state import LinkPhase
+from .state import LinkPhase, StateMachine
 
 __all__ = ["Outbound"]
 
@@ -43,7 +43,7 @@ class Outbound:
         "_redactor",
         "_route",
         "_session",
-        "_state",
+        "_sm",
         "_writer",
         "link",
     )
@@ -55,14 +55,14 @@ class Outbound:
         codec: Codec | None,
         redactor: Redactor,
         *,
-        state: Callable[[], str],
+        sm: StateMachine,
         route: Callable[[], None],
     ) -> None:
         self._session = session
         self._callbacks = callbacks
         self._codec = codec
         self._redactor = redactor
-        self._state = state
+        self._sm = sm
         self._route = route
         self.link: Link | None = None
         """The primary link, from its handshake to its end (set by the supervisor)."""
@@ -109,7 +109,7 @@ class Outbound:
 
     def enqueue(self, data: Data) -> None:
         """Queue ``data`` for the next flush (applies the outbox's overflow policy)."""
-        self._session.outbox.put(data, self._state())
+        self._session.outbox.put(data, self._sm.state.value)
         link = self.link
         if link is not None and link.phase is LinkPhase.OPEN and self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(

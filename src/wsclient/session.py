@@ -89,19 +89,23 @@ class Subscription:
 OverflowPolicy = Literal["raise", "drop_oldest", "drop_newest"]
 
 
+def _ignore(data: Data, reason: str) -> None:
+    return None
+
+
 class Outbox:
     """Frames waiting for a connection: bounded, in order, with an overflow policy.
 
-    ``dropped(data, reason)`` is told of every frame the policy drops (the client reports a
+    :attr:`dropped` ``(data, reason)`` is told of every frame the policy drops (the client reports a
     :class:`~wsclient.events.MessageDropped`).
     """
 
-    __slots__ = ("_dropped", "_frames", "_policy", "_size")
+    __slots__ = ("_frames", "_policy", "_size", "dropped")
 
-    def __init__(self, size: int, policy: OverflowPolicy, dropped: Callable[[Data, str], None]) -> None:
+    def __init__(self, size: int, policy: OverflowPolicy) -> None:
         self._size = size
         self._policy = policy
-        self._dropped = dropped
+        self.dropped: Callable[[Data, str], None] = _ignore
         # Created by the first frame that must wait: an empty deque costs ~760 B per client.
         self._frames: deque[Data] | None = None
 
@@ -123,9 +127,9 @@ class Outbox:
                     "raise outbox_size or choose outbox_overflow='drop_oldest'"
                 )
             if self._policy == "drop_newest":
-                self._dropped(data, "outbox full")
+                self.dropped(data, "outbox full")
                 return
-            self._dropped(frames.popleft(), "outbox full")
+            self.dropped(frames.popleft(), "outbox full")
         frames.append(data)
 
     def pop(self) -> Data:
@@ -137,7 +141,7 @@ class Outbox:
         """Report every queued frame as dropped, oldest first."""
         frames = self._frames
         while frames:
-            self._dropped(frames.popleft(), reason)
+            self.dropped(frames.popleft(), reason)
 
 
 class Session:

@@ -120,7 +120,7 @@ class Supervisor:
         redactor: Redactor,
         safe_url: str,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger],
-        on_transition: Callable[[ConnectionState, StateEvent, ConnectionState], None],
+        sm: StateMachine,
     ) -> None:
         self._config = config
         self._safe_url = safe_url
@@ -132,8 +132,8 @@ class Supervisor:
         self._outbound = outbound
         self._redactor = redactor
         self._log = log
-        self.sm = StateMachine(listener=on_transition)
-        self.connect_hooks: list[Callable[[Connection], Any]] = []
+        self.sm = sm
+        self.connect_hooks: tuple[Callable[[Connection], Any], ...] = ()
         self.link: Link | None = None
         """The primary link, while there is one."""
         self.failure: GaveUpError | None = None
@@ -183,15 +183,49 @@ class Supervisor:
         await self.wait_done()
 
     async def _run(self) -> None:
+        """The task: connect, run, judge, wait, repeat (a loop, never recursion); then the teardown.
+
+        Written flat on purpose: while a link is open, this one coroutine waiting on ``link.done``
+        is all the supervisor holds (a frame per nested coroutine would cost every idle client).
+        """
         self._running = True
+        closed = True
         try:
-            closed = True
             # A close() before this first step finds _running unset and does not cancel the task
             # (a task cancelled before its first step never enters its body): it is seen here.
             if not self._closing:
                 try:
-                    await self._reconnect_loop()
-                    closed = False
+                    config = self._config
+                    loop = asyncio.get_running_loop()
+                    # Made at the first failure, dropped once a link has stayed up reset_after: an
+                    # idle, healthy client holds none.
+                    backoff: Backoff | None = None
+                    while True:
+                        event = next_attempt(self.sm.state)
+                        if event is not None:
+                            self.sm.handle(event)
+                        link = Link(next(self._link_ids), config, on_missed=self._missed, codec=config.codec)
+                        cause = await self._open_link(link)
+                        if cause is None:
+                            try:
+                                cause = await link.done
+                            except asyncio.CancelledError:
+                                if self._closing:
+                                    await self._close_link(link)
+                                raise
+                            finally:
+                                await self._end_link(link)
+                            self._lost(cause)
+                        opened_at = link.opened_at
+                        if opened_at is not None and loop.time() - opened_at >= config.reconnect.reset_after:
+                            backoff = None
+                        if backoff is None:
+                            backoff = Backoff(config.reconnect)
+                        delay = self._judge(link, cause, backoff)
+                        if delay is None:
+                            closed = False
+                            break
+                        await asyncio.sleep(delay)
                 except asyncio.CancelledError:
                     if not self._closing:
                         raise
@@ -218,59 +252,10 @@ class Supervisor:
         # GaveUp event can run), then they are cancelled.
         await self._callbacks.finish(self._config.close_timeout)
 
-    # -- the loop ------------------------------------------------------------------------------------
+    # -- one attempt -----------------------------------------------------------------------------------
 
-    async def _reconnect_loop(self) -> None:
-        """Connect, run, judge, wait, repeat: a loop, never recursion. Returns after giving up."""
-        config = self._config
-        backoff = Backoff(config.reconnect)
-        sm = self.sm
-        redact = self._redactor.text
-        loop = asyncio.get_running_loop()
-        while True:
-            event = next_attempt(sm.state)
-            if event is not None:
-                sm.handle(event)
-            link = Link(next(self._link_ids), config, on_missed=self._missed, codec=config.codec)
-            cause, opened_at = await self._attempt(link)
-            verdict = classify(cause, config.reconnect)
-            reason = redact(verdict.reason)
-            if opened_at is not None and loop.time() - opened_at >= config.reconnect.reset_after:
-                backoff.reset()
-            delay = backoff.next_delay(verdict.retry_after)  # counts the attempt, fatal or not
-            if not verdict.retry:
-                delay = None
-            will_retry = delay is not None
-            # Transition first, so that callbacks of the events below see the new state.
-            sm.handle(attempt_ended(opened=opened_at is not None, retry=will_retry))
-            outcome = f"retrying in {delay:.3f}s" if delay is not None else "giving up"
-            if opened_at is not None:
-                code = cause.code if isinstance(cause, TransportClosed) else None
-                self._log.warning("connection %d lost: %s; %s", link.id, reason, outcome)
-                self._callbacks.emit(Disconnected(link.id, code, reason, will_retry, delay))
-            else:
-                status = cause.status if isinstance(cause, HandshakeRejected) else None
-                asked = verdict.retry_after
-                if asked is not None and delay is not None and asked > delay:
-                    outcome += f" (the server asked for {asked:g}s: capped by max_retry_after)"
-                self._log.warning(
-                    "connect attempt %d to %s failed: %s; %s",
-                    backoff.failures,
-                    self._safe_url,
-                    reason,
-                    outcome,
-                )
-                self._callbacks.emit(
-                    ConnectFailed(backoff.failures, reason, status, will_retry, delay, asked)
-                )
-            if delay is None:
-                self._give_up(cause, reason, backoff.failures, fatal=not verdict.retry)
-                return
-            self._callbacks.emit(Reconnecting(backoff.failures + 1, delay))
-            await asyncio.sleep(delay)
-
-    async def _attempt(self, link: Link) -> tuple[BaseException, float | None]:
-        """One link's life: returns the cause of its end and when it had opened (None: never)."""
+    async def _open_link(self, link: Link) -> BaseException | None:
+        """Handshake, then hooks → replay → flush → OPEN; ``None`` once open, else the cause."""
         config = self._config
         try:
             await link.connect(
@@ -286,32 +271,33 @@ class Supervisor:
         except BaseException as exc:
             self._session.counters.connect_failures += 1
             await link.shutdown()
-            return exc, None
+            return exc
         self.link = self._outbound.link = link
         receiver = self._inbound.attach(link.pong_watch, reconnect=link.id > 1)
         link.start(receiver)
         assert link.liveness is not None
         self._inbound.started(receiver, link.liveness)
+        cause: BaseException
         try:
-            try:
-                await link.guard(self._open(link))
-            except LinkDown as down:
-                cause = down.cause
-            else:
-                cause = await link.wait_done()
+            await link.guard(self._open(link))
+            return None
+        except LinkDown as down:
+            cause = down.cause
         except asyncio.CancelledError:
             if self._closing:
                 await self._close_link(link)
+            await self._end_link(link)
             raise
         except Exception as exc:
             # A bug in wsclient must end in a reconnect the logs explain, never in a dead supervisor.
             self._log.error("connection %d failed", link.id, exc_info=exc)
             cause = exc
-        finally:
-            self.link = self._outbound.link = None
-            await self._outbound.stop_writer()
-            await link.shutdown()
-            self._end_link(link)
+        await self._end_link(link)
+        self._lost(cause)
+        return cause
+
+    def _lost(self, cause: BaseException) -> None:
+        """What a link's end means beyond the link: counted, and requests fail now."""
         if isinstance(cause, PeerNotReading):
             self._session.counters.write_stalls += 1
         # Replies can no longer come: fail the waiters now rather than at their timeout.
@@ -320,7 +306,38 @@ class Supervisor:
                 f"connection lost while waiting for a reply: {self._redactor.text(describe(cause))}"
             )
         )
-        return cause, link.opened_at
+
+    def _judge(self, link: Link, cause: BaseException, backoff: Backoff) -> float | None:
+        """Classify ``cause``, move the state, tell the application; the delay, or None to give up."""
+        config = self._config
+        verdict = classify(cause, config.reconnect)
+        reason = self._redactor.text(verdict.reason)
+        opened = link.opened_at is not None
+        delay = backoff.next_delay(verdict.retry_after)  # counts the attempt, fatal or not
+        if not verdict.retry:
+            delay = None
+        will_retry = delay is not None
+        # Transition first, so that callbacks of the events below see the new state.
+        self.sm.handle(attempt_ended(opened=opened, retry=will_retry))
+        outcome = f"retrying in {delay:.3f}s" if delay is not None else "giving up"
+        if opened:
+            code = cause.code if isinstance(cause, TransportClosed) else None
+            self._log.warning("connection %d lost: %s; %s", link.id, reason, outcome)
+            self._callbacks.emit(Disconnected(link.id, code, reason, will_retry, delay))
+        else:
+            status = cause.status if isinstance(cause, HandshakeRejected) else None
+            asked = verdict.retry_after
+            if asked is not None and delay is not None and asked > delay:
+                outcome += f" (the server asked for {asked:g}s: capped by max_retry_after)"
+            self._log.warning(
+                "connect attempt %d to %s failed: %s; %s", backoff.failures, self._safe_url, reason, outcome
+            )
+            self._callbacks.emit(ConnectFailed(backoff.failures, reason, status, will_retry, delay, asked))
+        if delay is None:
+            self._give_up(cause, reason, backoff.failures, fatal=not verdict.retry)
+            return None
+        self._callbacks.emit(Reconnecting(backoff.failures + 1, delay))
+        return delay
 
     async def _open(self, link: Link) -> None:
         """Hooks → subscription replay → outbox flush → OPEN."""
@@ -361,8 +378,11 @@ class Supervisor:
         except Exception as exc:  # a timeout included: the socket is aborted next, regardless
             self._log.debug("close handshake did not complete: %s", self._redactor.text(describe(exc)))
 
-    def _end_link(self, link: Link) -> None:
-        """Fold an ended link's figures into the session's."""
+    async def _end_link(self, link: Link) -> None:
+        """Stop an ended link and fold its figures into the session's."""
+        self.link = self._outbound.link = None
+        await self._outbound.stop_writer()
+        await link.shutdown()
         liveness = link.liveness
         if liveness is None:
             return
