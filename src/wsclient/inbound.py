@@ -67,18 +67,22 @@ class _Process:
 class Receiver:
     """What one link's transport delivers to (a :class:`~wsclient.transport.Sink`)."""
 
-    __slots__ = ("_inbound", "inline", "liveness", "pong_watch")
+    __slots__ = ("_inbound", "active", "inline", "liveness", "pong_watch")
 
     def __init__(self, inbound: Inbound, pong_watch: PongWatch | None) -> None:
         self._inbound = inbound
         self.pong_watch = pong_watch
         self.liveness: Liveness | None = None
         self.inline: InlineTarget | None = None
+        self.active = False
+        """Whether this receiver's link feeds the handlers (see :meth:`Inbound.activate`)."""
 
     def __call__(self, data: Data) -> Awaitable[None] | None:
         watch = self.pong_watch
         if watch is not None and watch.waiting and watch.check(data):
             return None
+        if not self.active:
+            return None  # a link opened beside the primary one (rotation): not delivered (yet)
         return self._inbound.receive(data)
 
     def defer(self, pending: Awaitable[None]) -> None:
@@ -179,6 +183,7 @@ class Inbound:
     def route(self) -> None:
         """Turn typed routing on (a model, an ``on_unknown`` hook or a request needs it)."""
         if not self._routing:
+            self.router  # noqa: B018 - made now: process() reads _router on the hot path
             self._routing = True
             self._update_target()
 
@@ -200,23 +205,28 @@ class Inbound:
 
     # -- links ---------------------------------------------------------------------------------------
 
-    def attach(self, pong_watch: PongWatch | None, *, reconnect: bool) -> Receiver:
-        """A receiver for a new link, which from now on is the one feeding the handlers.
+    def attach(self, pong_watch: PongWatch | None) -> Receiver:
+        """A receiver for a new link; it delivers nothing until :meth:`activate`."""
+        return Receiver(self, pong_watch)
 
-        ``reconnect`` marks where the earlier links' frames end, in arrival order: frames of an
-        old link still queued must not count as the new link's first.
+    def activate(self, receiver: Receiver, *, reconnect: bool) -> None:
+        """Make ``receiver``'s link the one feeding the handlers (one link at a time).
+
+        The previous receiver stops delivering. ``reconnect`` marks where the earlier links' frames
+        end, in arrival order: frames of an old link still queued must not count as the new one's.
         """
         previous = self._receiver
         if previous is not None:
+            previous.active = False
             previous.inline = None
-        receiver = self._receiver = Receiver(self, pong_watch)
+        receiver.active = True
+        self._receiver = receiver
         if reconnect and self._router is not None:
             if self._queue:
                 self._queue.append(_RECONNECT)
             else:
                 self._router.sequences.mark_reconnect()
         self._set_inline()
-        return receiver
 
     def started(self, receiver: Receiver, liveness: Liveness) -> None:
         """The link of ``receiver`` reads now, into ``liveness``."""
@@ -356,8 +366,9 @@ class Inbound:
                     continue
                 if result is not None and inspect.isawaitable(result):
                     return self._finish(data, result, index + 1)
-        if self._routing:
-            return self.router.dispatch(data)
+        router = self._router  # made by route(), which sets _routing
+        if router is not None and self._routing:
+            return router.dispatch(data)
         return None
 
     async def _finish(self, data: Data, result: Awaitable[Any], start: int) -> None:

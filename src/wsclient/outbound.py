@@ -142,6 +142,12 @@ class Outbound:
         finally:
             self._flushing = False
 
+    async def idle(self) -> None:
+        """Wait until the writer (if one runs) has sent what the outbox held."""
+        writer = self._writer
+        if writer is not None:
+            await asyncio.shield(writer)
+
     async def stop_writer(self) -> None:
         """Stop the writer task, if one runs (its link is over)."""
         writer = self._writer

@@ -39,10 +39,27 @@ from .outbound import Outbound
 from .policy import Backoff, classify, describe
 from .redact import Redactor
 from .session import Outgoing, Session
-from .state import ConnectionState, LinkEvent, StateEvent, StateMachine, attempt_ended, next_attempt
+from .state import (
+    ConnectionState,
+    LinkEvent,
+    LinkPhase,
+    StateEvent,
+    StateMachine,
+    attempt_ended,
+    next_attempt,
+)
 from .transport import ConnectOptions, Connector
 
 __all__ = ["Connection", "Supervisor"]
+
+
+class _Rotated(Exception):
+    """What an old link's ``done`` receives when a rotation handed over to ``successor``."""
+
+    def __init__(self, successor: Link) -> None:
+        super().__init__(f"replaced by connection {successor.id}")
+        self.successor = successor
+
 
 M = TypeVar("M", bound=BaseModel)
 _S = ConnectionState
@@ -97,6 +114,7 @@ class Supervisor:
         "_options",
         "_outbound",
         "_redactor",
+        "_rotation",
         "_running",
         "_safe_url",
         "_session",
@@ -139,6 +157,7 @@ class Supervisor:
         self.failure: GaveUpError | None = None
         self._link_ids = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
+        self._rotation: asyncio.Task[None] | None = None
         self._done: asyncio.Future[None] | None = None
         self._closing = False
         self._running = False
@@ -206,16 +225,21 @@ class Supervisor:
                             self.sm.handle(event)
                         link = Link(next(self._link_ids), config, on_missed=self._missed, codec=config.codec)
                         cause = await self._open_link(link)
-                        if cause is None:
+                        while cause is None:
                             try:
-                                cause = await link.done
+                                ended = await link.done
                             except asyncio.CancelledError:
                                 if self._closing:
                                     await self._close_link(link)
-                                raise
-                            finally:
                                 await self._end_link(link)
-                            self._lost(cause)
+                                raise
+                            if isinstance(ended, _Rotated):
+                                # Handed over on purpose: the rotation ends the old link itself.
+                                link = ended.successor
+                                continue
+                            await self._end_link(link)
+                            self._lost(ended)
+                            cause = ended
                         opened_at = link.opened_at
                         if opened_at is not None and loop.time() - opened_at >= config.reconnect.reset_after:
                             backoff = None
@@ -244,6 +268,7 @@ class Supervisor:
 
     async def _teardown(self, why: str) -> None:
         """The one way out: what was never sent is reported, and nothing keeps running."""
+        await self._stop_rotation()
         self._session.outbox.drop_all(why)
         self._session.requests.fail_all(ClientClosedError(f"no reply: {why}"))
         await self._outbound.stop_writer()
@@ -273,7 +298,8 @@ class Supervisor:
             await link.shutdown()
             return exc
         self.link = self._outbound.link = link
-        receiver = self._inbound.attach(link.pong_watch, reconnect=link.id > 1)
+        receiver = self._inbound.attach(link.pong_watch)
+        self._inbound.activate(receiver, reconnect=link.id > 1)
         link.start(receiver)
         assert link.liveness is not None
         self._inbound.started(receiver, link.liveness)
@@ -339,8 +365,8 @@ class Supervisor:
         self._callbacks.emit(Reconnecting(backoff.failures + 1, delay))
         return delay
 
-    async def _open(self, link: Link) -> None:
-        """Hooks → subscription replay → outbox flush → OPEN."""
+    async def _open(self, link: Link, *, switch: bool = True) -> None:
+        """Hooks → subscription replay → outbox flush → OPEN (and, with ``switch``, the client too)."""
         counters = self._session.counters
         reconnect = counters.connects > 0
         connection = Connection(link, self._outbound, reconnect)
@@ -360,14 +386,18 @@ class Supervisor:
         except Exception as exc:
             self._callbacks.report_error(connection, exc)
             raise LinkDown(exc) from None
-        await self._outbound.flush(link)
+        if switch:
+            await self._outbound.flush(link)
         link.advance(LinkEvent.FLUSHED)
-        self.sm.handle(_E.CONNECTED)
-        counters.connects += 1
+        if switch:
+            self.sm.handle(_E.CONNECTED)
+            self._connected(link, reconnect=reconnect)
+
+    def _connected(self, link: Link, *, reconnect: bool) -> None:
+        self._session.counters.connects += 1
         self._log.info("connection %d open to %s", link.id, link.url)
-        self._callbacks.emit(
-            Connected(link.id, link.url, link.transport.subprotocol if link.transport else None, reconnect)
-        )
+        subprotocol = link.transport.subprotocol if link.transport is not None else None
+        self._callbacks.emit(Connected(link.id, link.url, subprotocol, reconnect))
 
     async def _close_link(self, link: Link) -> None:
         """The polite close the application asked for, bounded by ``close_timeout``."""
@@ -380,12 +410,19 @@ class Supervisor:
 
     async def _end_link(self, link: Link) -> None:
         """Stop an ended link and fold its figures into the session's."""
-        self.link = self._outbound.link = None
-        await self._outbound.stop_writer()
+        if self.link is link:
+            self.link = self._outbound.link = None
+            await self._outbound.stop_writer()
+            await self._stop_rotation()
         await link.shutdown()
+        self._end_figures(link)
+
+    def _end_figures(self, link: Link) -> None:
+        """Fold an ended link's figures into the session's (once)."""
         liveness = link.liveness
         if liveness is None:
             return
+        link.liveness = None
         session = self._session
         # While a link runs, the transport counts into its liveness (one count per frame on the hot
         # path, not two); the totals take them now.
@@ -402,6 +439,83 @@ class Supervisor:
         self._callbacks.emit(GaveUp(attempts, reason, fatal))
         # Nothing will ever send these; say so rather than let them vanish.
         self._session.outbox.drop_all("client failed")
+
+    # -- make-before-break ---------------------------------------------------------------------------
+
+    def rotate(self, overlap: float | None = None) -> bool:
+        """Replace the open primary link by a new one, make-before-break; False if not possible now.
+
+        The new link is opened beside the primary one (handshake, hooks, replay), delivering nothing;
+        once it is open it becomes primary (a ``Connected`` event), and the old one is closed
+        politely. The overlap is bounded: a new link not open within ``overlap`` seconds (default
+        ``open_timeout``) is abandoned and the old one stays; the old one is gone at most
+        ``close_timeout`` after the switch. Frames the old link reads after the switch are not
+        delivered.
+        """
+        link = self.link
+        if link is None or link.phase is not LinkPhase.OPEN or self._rotation is not None or self._closing:
+            return False
+        limit = overlap if overlap is not None else self._config.open_timeout
+        self._rotation = asyncio.get_running_loop().create_task(
+            self._rotate(link, limit), name=f"wsclient-rotate-{link.id}"
+        )
+        return True
+
+    async def _rotate(self, old: Link, limit: float) -> None:
+        config = self._config
+        new = Link(next(self._link_ids), config, on_missed=self._missed, codec=config.codec)
+        receiver = self._inbound.attach(new.pong_watch)
+        try:
+            async with asyncio.timeout(limit):
+                await new.connect(
+                    self._connector,
+                    self._options,
+                    max_redirects=config.max_redirects,
+                    redactor=self._redactor,
+                    log=self._log,
+                )
+                new.start(receiver)
+                assert new.liveness is not None
+                self._inbound.started(receiver, new.liveness)
+                await new.guard(self._open(new, switch=False))
+                # Whatever the outbox holds goes out on the old link first, in order.
+                await self._outbound.idle()
+        except (Exception, asyncio.CancelledError) as exc:
+            await new.shutdown()
+            self._end_figures(new)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            self._log.warning(
+                "rotation of connection %d abandoned: %s", old.id, self._redactor.text(describe(exc))
+            )
+            return
+        finally:
+            self._rotation = None
+        if self.link is not old or old.done.done() or self._closing:
+            # The old link died (or the client closes) meanwhile: the reconnect loop takes over.
+            await new.shutdown()
+            self._end_figures(new)
+            return
+        # The switch: from here on the new link is the primary one.
+        self.link = self._outbound.link = new
+        self._inbound.activate(receiver, reconnect=True)
+        self._connected(new, reconnect=True)
+        self._log.info("connection %d replaced by %d", old.id, new.id)
+        old.done.set_result(_Rotated(new))
+        try:
+            await old.stop_reading()
+            await old.close(1000, "", config.close_timeout)
+        except Exception as exc:  # a timeout included: the socket is aborted next, regardless
+            self._log.debug("close handshake did not complete: %s", self._redactor.text(describe(exc)))
+        finally:
+            await old.shutdown()
+            self._end_figures(old)
+
+    async def _stop_rotation(self) -> None:
+        rotation, self._rotation = self._rotation, None
+        if rotation is not None and rotation is not asyncio.current_task():
+            rotation.cancel()
+            await asyncio.gather(rotation, return_exceptions=True)
 
     def _missed(self, link_id: int, kind: str, waited: float, fatal: bool) -> None:
         self._session.counters.heartbeat_misses += 1

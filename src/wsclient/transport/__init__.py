@@ -2,6 +2,11 @@
 
 The supervisor only ever sees :class:`~wsclient.transport.base.Transport`; choosing a backend is a
 matter of :func:`get_connector` and the ``ClientConfig.transport`` field.
+
+For tests there is an in-memory backend, imported on its own and handed to the client directly:
+``Client(url, connector=MemoryServer().connect)`` with
+:class:`~wsclient.transport.memory.MemoryServer` from :mod:`wsclient.transport.memory` (no socket; a
+test scripts the server).
 """
 
 from __future__ import annotations
