@@ -67,6 +67,7 @@ class Link:
         "_sent_at",
         "_settings",
         "_watch_timer",
+        "_write_now",
         "_wbuf_ref",
         "done",
         "id",
@@ -85,12 +86,15 @@ class Link:
         *,
         on_missed: MissedHook,
         codec: Codec | None = None,
+        write_now: Callable[[Transport, Data], None] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self.id = link_id
         self._settings = config.heartbeat
         self._on_missed = on_missed
+        # The outbound part's exit for frames that must not wait (the application ping).
+        self._write_now = write_now if write_now is not None else _write_now
         self._phase = LinkPhaseMachine()
         self.transport: Transport | None = None
         self.url = ""
@@ -260,7 +264,7 @@ class Link:
             if self.pong_watch is not None:
                 pong = self.pong_watch.arm()
                 assert self._ping_frame is not None
-                transport.send_nowait(self._ping_frame)
+                self._write_now(transport, self._ping_frame)
             else:
                 pong = transport.ping_nowait(ping_payload())
         except TransportClosed:
@@ -362,3 +366,7 @@ class Link:
 
     def __repr__(self) -> str:
         return f"<Link #{self.id} {self.phase.value} {self.url}>"
+
+
+def _write_now(transport: Transport, data: Data) -> None:
+    transport.send_nowait(data)

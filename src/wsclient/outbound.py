@@ -25,6 +25,7 @@ from .policy import describe
 from .redact import Redactor
 from .session import Outgoing, Session, Subscription
 from .state import LinkPhase, StateMachine
+from .transport import Transport
 
 __all__ = ["Outbound"]
 
@@ -106,6 +107,11 @@ class Outbound:
         counters = self._session.counters
         counters.messages_out += 1
         counters.bytes_out += len(data)
+
+    def write_now(self, transport: Transport, data: Data) -> None:
+        """Write a frame that must not wait, not even behind a full send buffer: the heartbeat's
+        application ping. Not queued, not counted as an application message."""
+        transport.send_nowait(data)
 
     def enqueue(self, data: Data) -> None:
         """Queue ``data`` for the next flush (applies the outbox's overflow policy)."""

@@ -223,7 +223,7 @@ class Supervisor:
                         event = next_attempt(self.sm.state)
                         if event is not None:
                             self.sm.handle(event)
-                        link = Link(next(self._link_ids), config, on_missed=self._missed, codec=config.codec)
+                        link = self._new_link()
                         cause = await self._open_link(link)
                         while cause is None:
                             try:
@@ -463,7 +463,7 @@ class Supervisor:
 
     async def _rotate(self, old: Link, limit: float) -> None:
         config = self._config
-        new = Link(next(self._link_ids), config, on_missed=self._missed, codec=config.codec)
+        new = self._new_link()
         receiver = self._inbound.attach(new.pong_watch)
         try:
             async with asyncio.timeout(limit):
@@ -516,6 +516,16 @@ class Supervisor:
         if rotation is not None and rotation is not asyncio.current_task():
             rotation.cancel()
             await asyncio.gather(rotation, return_exceptions=True)
+
+    def _new_link(self) -> Link:
+        config = self._config
+        return Link(
+            next(self._link_ids),
+            config,
+            on_missed=self._missed,
+            codec=config.codec,
+            write_now=self._outbound.write_now,
+        )
 
     def _missed(self, link_id: int, kind: str, waited: float, fatal: bool) -> None:
         self._session.counters.heartbeat_misses += 1
