@@ -285,7 +285,7 @@ class Client:
                 last = liveness.last_inbound
             if liveness.last_rtt is not None:
                 rtt = (liveness.last_rtt, liveness.last_rtt_at)
-        now = time.monotonic()
+        now = _clock()
         inbound = self._inbound
         router = inbound.router if inbound.has_router else None
         return ClientStats(
@@ -442,3 +442,11 @@ class Client:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+
+def _clock() -> float:
+    """The running loop's time (what links stamp with), or the monotonic clock outside a loop."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()

@@ -67,8 +67,8 @@ class Link:
         "_sent_at",
         "_settings",
         "_watch_timer",
-        "_write_now",
         "_wbuf_ref",
+        "_write_now",
         "done",
         "id",
         "liveness",
@@ -230,10 +230,12 @@ class Link:
             self.transport.abort()
         if reader is not None:
             await asyncio.gather(reader, return_exceptions=True)
-        if self._phase.can(LinkEvent.LOST):
-            self.advance(LinkEvent.LOST)
-        elif self._phase.can(LinkEvent.CLOSED):
+        # A link being closed on purpose ends CLOSED, whatever became of its handshake; any other
+        # end is a loss.
+        if self.phase is LinkPhase.CLOSING:
             self.advance(LinkEvent.CLOSED)
+        elif self._phase.can(LinkEvent.LOST):
+            self.advance(LinkEvent.LOST)
 
     def _stop_timers(self) -> None:
         for timer in (self._ping_timer, self._pong_timer, self._watch_timer):

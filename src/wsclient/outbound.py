@@ -145,6 +145,11 @@ class Outbound:
                 except ConnectionLostError as exc:
                     self.dropped(data, LOST_IN_FLIGHT)
                     raise LinkDown(exc.__cause__ or exc) from None
+                except asyncio.CancelledError:
+                    # The link died elsewhere (a dead-link verdict) while this frame was being
+                    # written: it is reported like any frame lost in flight, never silently gone.
+                    self.dropped(data, LOST_IN_FLIGHT)
+                    raise
         finally:
             self._flushing = False
 

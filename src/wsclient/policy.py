@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tenacity import RetryCallState, stop_after_attempt, stop_after_delay, stop_any, stop_never
@@ -97,8 +98,11 @@ class Backoff:
     ``[d·(1 - jitter), d]`` with ``d = min(max_delay, initial_delay · multiplier^(n-1))``.
     """
 
-    def __init__(self, policy: Reconnect) -> None:
+    def __init__(self, policy: Reconnect, clock: Callable[[], float] | None = None) -> None:
         self._policy = policy
+        # The supervisor passes the event loop's clock: max_elapsed is measured on the clock its
+        # sleeps run on (a virtual one in tests).
+        self._clock = clock if clock is not None else time.monotonic
         share = policy.jitter
         fixed = 1.0 - share
         self._wait: wait_base = wait_exponential(
@@ -115,10 +119,11 @@ class Backoff:
         self._state = self._new_state()
         self._failures = 0
 
-    @staticmethod
-    def _new_state() -> RetryCallState:
+    def _new_state(self) -> RetryCallState:
         # tenacity's strategies read only attempt_number, start_time and outcome_timestamp.
-        return RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.start_time = self._clock()
+        return state
 
     @property
     def failures(self) -> int:
@@ -139,7 +144,7 @@ class Backoff:
         self._failures += 1
         state = self._state
         state.attempt_number = self._failures
-        state.outcome_timestamp = time.monotonic()
+        state.outcome_timestamp = self._clock()
         if self._stop(state):
             return None
         # Float rounding in the sum of the two capped shares must not poke above the cap.

@@ -192,6 +192,8 @@ class Supervisor:
             self._session.outbox.drop_all("client closed")
             self.sm.handle(_E.CLOSED)
             return
+        if self._done is None:
+            return  # closed before it was ever started: nothing runs
         if not self._closing and not state.is_terminal and state is not _S.CLOSING:
             self._closing = True
             self._close_request = (code, reason)
@@ -244,7 +246,7 @@ class Supervisor:
                         if opened_at is not None and loop.time() - opened_at >= config.reconnect.reset_after:
                             backoff = None
                         if backoff is None:
-                            backoff = Backoff(config.reconnect)
+                            backoff = Backoff(config.reconnect, clock=loop.time)
                         delay = self._judge(link, cause, backoff)
                         if delay is None:
                             closed = False

@@ -111,7 +111,8 @@ class InboundMeter(Protocol):
     bytes_in: int
     """Their total size as ``len()`` of the payload: bytes of binary messages, characters of text."""
     last_inbound: float
-    """``time.monotonic()`` when the latest read that carried a message was received."""
+    """The event loop's time (``loop.time()``) when the latest read that carried a message was
+    received: the clock the heartbeat's timers run on."""
 
 
 class Meter:

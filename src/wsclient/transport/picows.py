@@ -32,7 +32,6 @@ import logging
 import socket
 import ssl
 import sys
-import time
 from collections import deque
 from collections.abc import Awaitable
 from typing import Any, NoReturn
@@ -76,7 +75,6 @@ _CONTINUATION = WSMsgType.CONTINUATION
 _PING = WSMsgType.PING
 _PONG = WSMsgType.PONG
 _CLOSE = WSMsgType.CLOSE
-_monotonic = time.monotonic
 _logger = logging.getLogger("wsclient.transport.picows")
 
 #: Messages held before pump() starts, before reading pauses (websockets' max_queue is 16 too). While
@@ -90,6 +88,7 @@ class _Listener(WSListener):
     # Slots: attribute reads on the hot path are cheaper than through an instance dict, and an idle
     # connection is smaller.
     __slots__ = (
+        "_clock",
         "_close_timeout",
         "_close_timer",
         "_direct",
@@ -126,6 +125,8 @@ class _Listener(WSListener):
         self._close_timeout = close_timeout
         self._close_timer: asyncio.TimerHandle | None = None
         self._redactor = redactor
+        # The loop's clock: the heartbeat's timers run on it.
+        self._clock = asyncio.get_running_loop().time
         self._sink: Sink | None = None
         # Messages parsed while no sink may be called: before pump() starts, or while a wait the sink
         # returned is pending. None means "deliver directly".
@@ -144,7 +145,7 @@ class _Listener(WSListener):
         self._frag_type: WSMsgType | None = None
         self._frags: list[bytes] = []
         self._frag_size = 0
-        # Outstanding pings by payload, in send order: (future of the RTT, monotonic send time).
+        # Outstanding pings by payload, in send order: (future of the RTT, loop time when sent).
         self.pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
         self.write_waiter: asyncio.Future[None] | None = None
         self.app_closing = False
@@ -183,7 +184,7 @@ class _Listener(WSListener):
             meter.bytes_in += len(data)
             if frame.last_in_buffer:
                 # One clock read per socket read: its messages all arrived together.
-                meter.last_inbound = _monotonic()
+                meter.last_inbound = self._clock()
                 self._stamped_at = meter.frames_in
             target = sink.inline
             if target is not None:
@@ -234,7 +235,7 @@ class _Listener(WSListener):
         if frame.last_in_buffer and meter.frames_in != self._stamped_at:
             # The read ended on a frame off the hot path (a control frame, a fragment, a held or
             # failed message): stamp it if it carried messages. A pong alone is no inbound traffic.
-            meter.last_inbound = _monotonic()
+            meter.last_inbound = self._clock()
             self._stamped_at = meter.frames_in
 
     def _frame(self, transport: WSTransport, frame: WSFrame, msg_type: WSMsgType) -> None:
@@ -392,7 +393,7 @@ class _Listener(WSListener):
         pings = self.pings
         if payload not in pings:
             return  # unsolicited pong: allowed by RFC 6455, ignored
-        now = time.monotonic()
+        now = self._clock()
         # A pong acknowledges its ping and every earlier one, as in websockets.
         while pings:
             key, (future, sent_at) = next(iter(pings.items()))
@@ -630,7 +631,7 @@ class PicowsTransport:
         if payload in listener.pings:
             raise RuntimeError("already waiting for a pong with the same data")
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        listener.pings[payload] = (future, time.monotonic())
+        listener.pings[payload] = (future, asyncio.get_running_loop().time())
         ws.send_ping(payload)
         return future
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any, NoReturn
 
 from websockets.asyncio.client import ClientConnection
@@ -156,12 +155,12 @@ class WebsocketsTransport:
         sink = as_sink(sink)
         if meter is None:
             meter = Meter()
-        monotonic = time.monotonic
+        clock = asyncio.get_running_loop().time
         try:
             while True:
                 data = await recv()
                 # websockets hides its reads: stamp every message.
-                meter.last_inbound = monotonic()
+                meter.last_inbound = clock()
                 meter.frames_in += 1
                 meter.bytes_in += len(data)
                 target = sink.inline
