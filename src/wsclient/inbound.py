@@ -46,15 +46,6 @@ class _ReconnectMark:
 _RECONNECT = _ReconnectMark()
 
 
-class _Deferred:
-    """Put in the queue for a frame whose sync part ran inline: the rest, to be awaited."""
-
-    __slots__ = ("pending",)
-
-    def __init__(self, pending: Awaitable[None]) -> None:
-        self.pending = pending
-
-
 class _Process:
     """The inline target of a client with ``on_message`` callbacks: :meth:`Inbound.process`."""
 
@@ -67,10 +58,12 @@ class _Process:
 class Receiver:
     """What one link's transport delivers to (a :class:`~wsclient.transport.Sink`)."""
 
-    __slots__ = ("_inbound", "active", "inline", "liveness", "pong_watch")
+    __slots__ = ("_inbound", "active", "defer", "inline", "liveness", "pong_watch")
 
     def __init__(self, inbound: Inbound, pong_watch: PongWatch | None) -> None:
         self._inbound = inbound
+        # Bound once: the transport calls it for every frame an async handler leaves behind.
+        self.defer = inbound.defer
         self.pong_watch = pong_watch
         self.liveness: Liveness | None = None
         self.inline: InlineTarget | None = None
@@ -83,10 +76,14 @@ class Receiver:
             return None
         if not self.active:
             return None  # a link opened beside the primary one (rotation): not delivered (yet)
-        return self._inbound.receive(data)
-
-    def defer(self, pending: Awaitable[None]) -> None:
-        self._inbound.defer(pending)
+        inbound = self._inbound
+        queue = inbound._queue
+        if queue and len(queue) + 1 < inbound._limit:
+            # The common case under async handlers: queue behind the dispatcher (Inbound.receive
+            # written out, a call less per frame).
+            queue.append(data)
+            return None
+        return inbound.receive(data)
 
 
 class Inbound:
@@ -260,7 +257,8 @@ class Inbound:
         queue = self._queue
         if queue is None:
             queue = self._queue = deque()
-        queue.append(_Deferred(pending))
+        # Queued as it is: the dispatcher tells frames (str, bytes) and the mark from awaitables.
+        queue.append(pending)
         if self._dispatcher is None and not self.closed:
             receiver = self._receiver
             if receiver is not None:
@@ -282,7 +280,7 @@ class Inbound:
         if self._policy == "drop_newest":
             dropped = queue.pop()  # the frame just appended, never a mark
         else:
-            # The oldest frame: reconnect marks and deferred work at the head stay in place.
+            # The oldest frame: reconnect marks and deferred work (awaitables) stay in place.
             for index, dropped in enumerate(queue):
                 if dropped.__class__ is str or dropped.__class__ is bytes:
                     del queue[index]
@@ -304,21 +302,31 @@ class Inbound:
             space.set_result(None)
 
     async def _dispatch(self) -> None:
-        process = self.process
         queue = self._queue
         assert queue is not None
+        low = self._low
         try:
             while queue:
                 item = queue.popleft()
-                if self._space is not None and len(queue) <= self._low:
+                if self._space is not None and len(queue) <= low:
                     self._space_available()
-                if item is _RECONNECT:
+                cls = item.__class__
+                if cls is str or cls is bytes:
+                    # The target of the moment (the router, or process() before it for on_message
+                    # callbacks): read per frame, registrations may change in between.
+                    target = self._target
+                    if target is None:
+                        continue
+                    pending = target.dispatch(item)
+                    if pending is None:
+                        continue
+                elif item is _RECONNECT:
                     # Here, in arrival order, and not when the socket opened.
                     self.router.sequences.mark_reconnect()
                     continue
-                pending = item.pending if item.__class__ is _Deferred else process(item)
-                if pending is not None:
-                    await pending
+                else:
+                    pending = item  # the rest of a frame whose sync part ran inline
+                await pending
         finally:
             self._dispatcher = None
             if self._space is not None:

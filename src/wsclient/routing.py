@@ -48,6 +48,7 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from enum import Enum
+from types import CoroutineType
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, GetPydanticSchema, TypeAdapter
@@ -103,6 +104,7 @@ def handler_failed(exc: BaseException) -> bool:
 
 
 _PREVIEW = 200
+_Coroutine = CoroutineType
 
 
 class Message(BaseModel):
@@ -787,6 +789,11 @@ class Router:
             )
             for model, plan in self._plans.items()
         }
+        # Models whose handlers are all async (or in_thread), with no sequence key: straight to the
+        # continuation, skipping _deliver() too.
+        deferred_only = frozenset(
+            model for model, plan in self._plans.items() if not plan.inline and plan.seq_key is None
+        )
 
         def dispatch(frame: Data) -> Awaitable[None] | None:
             if router.dispatch is not dispatch:  # kept by a caller across a registration change
@@ -801,6 +808,9 @@ class Router:
                 return invalid(frame, exc)
             handler, plan = table[msg.__class__]
             if handler is None:
+                if msg.__class__ in deferred_only:
+                    stats.handled += 1
+                    return finish(msg, plan.handlers, 0, None)
                 return deliver(msg, plan)
             stats.handled += 1
             try:
@@ -899,7 +909,8 @@ class Router:
                     await asyncio.to_thread(handler, msg)
                     continue
                 result = handler(msg)
-                if result is not None and inspect.isawaitable(result):
+                # A coroutine is by far the common awaitable: tested first, by class.
+                if result is not None and (result.__class__ is _Coroutine or inspect.isawaitable(result)):
                     await result
             except BaseException as exc:
                 self._guard(msg, handler, exc)

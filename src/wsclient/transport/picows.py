@@ -65,6 +65,7 @@ from .base import (
     as_sink,
     kernel_recv_queue,
     kernel_send_queue,
+    loop_clock,
 )
 
 __all__ = ["PicowsTransport", "connect"]
@@ -126,7 +127,7 @@ class _Listener(WSListener):
         self._close_timer: asyncio.TimerHandle | None = None
         self._redactor = redactor
         # The loop's clock: the heartbeat's timers run on it.
-        self._clock = asyncio.get_running_loop().time
+        self._clock = loop_clock(asyncio.get_running_loop())
         self._sink: Sink | None = None
         # Messages parsed while no sink may be called: before pump() starts, or while a wait the sink
         # returned is pending. None means "deliver directly".

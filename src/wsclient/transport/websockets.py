@@ -48,6 +48,7 @@ from .base import (
     as_sink,
     kernel_recv_queue,
     kernel_send_queue,
+    loop_clock,
 )
 
 __all__ = ["WebsocketsTransport", "connect"]
@@ -155,7 +156,7 @@ class WebsocketsTransport:
         sink = as_sink(sink)
         if meter is None:
             meter = Meter()
-        clock = asyncio.get_running_loop().time
+        clock = loop_clock(asyncio.get_running_loop())
         try:
             while True:
                 data = await recv()
