@@ -5,9 +5,10 @@ a silent feed), reconnects with bounded exponential backoff, replays the applica
 and delivers every inbound frame to the application's handlers without ever blocking the reader.
 """
 
+from .budget import ConnectGate
 from .client import Client, Connection, Subscription
 from .codec import Codec, GzipJsonCodec, JsonCodec
-from .config import ClientConfig, Heartbeat, Reconnect
+from .config import ClientConfig, Heartbeat, Reconnect, VenueLimits
 from .errors import (
     ClientClosedError,
     ConfigError,
@@ -18,6 +19,7 @@ from .errors import (
     LinkDead,
     OutboxFullError,
     PeerNotReading,
+    RefreshFailed,
     RequestTimeout,
     TransportClosed,
     UnsafeRedirect,
@@ -35,12 +37,24 @@ from .events import (
     MessageDropped,
     Reconnecting,
 )
+from .resync import (
+    BufferOverflow,
+    CallbackFailed,
+    GapDetected,
+    Resync,
+    ResyncFailed,
+    ResyncOutcome,
+    ResyncStats,
+    Synced,
+)
 from .routing import Message, Registration, SequenceGap
 from .state import ConnectionState, IllegalTransitionError
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BufferOverflow",
+    "CallbackFailed",
     "Client",
     "ClientClosedError",
     "ClientConfig",
@@ -50,11 +64,13 @@ __all__ = [
     "Codec",
     "ConfigError",
     "ConnectFailed",
+    "ConnectGate",
     "Connected",
     "Connection",
     "ConnectionLostError",
     "ConnectionState",
     "Disconnected",
+    "GapDetected",
     "GaveUp",
     "GaveUpError",
     "GzipJsonCodec",
@@ -71,12 +87,19 @@ __all__ = [
     "PeerNotReading",
     "Reconnect",
     "Reconnecting",
+    "RefreshFailed",
     "Registration",
     "RequestTimeout",
+    "Resync",
+    "ResyncFailed",
+    "ResyncOutcome",
+    "ResyncStats",
     "SequenceGap",
     "Subscription",
+    "Synced",
     "TransportClosed",
     "UnsafeRedirect",
+    "VenueLimits",
     "WSClientError",
     "__version__",
 ]

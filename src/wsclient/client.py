@@ -17,22 +17,26 @@ are plain objects from :mod:`wsclient.policy` and :mod:`wsclient.heartbeat`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from pydantic import BaseModel
 
+from .budget import ConnectGate
 from .callbacks import Callbacks
 from .config import ClientConfig, validate_url
-from .errors import ClientClosedError, ConfigError
+from .errors import ClientClosedError, ConfigError, RefreshFailed
 from .events import ClientEvent, ClientStats
 from .inbound import Inbound
 from .logs import LogLimiter
 from .outbound import Outbound
+from .policy import describe
 from .redact import Redactor, connection_secrets, redact_url
 from .routing import RequestTracker, SequenceGap
 from .session import Outbox, Outgoing, Session, Subscription
@@ -88,21 +92,47 @@ class Client:
 
     def __init__(
         self,
-        url: str,
+        url: str | Callable[[], str | Awaitable[str]],
         *,
         config: ClientConfig | None = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str]
+        | Callable[[], Mapping[str, str] | Awaitable[Mapping[str, str]]]
+        | None = None,
         secrets: Iterable[str] = (),
         connector: Connector | None = None,
+        connect_gate: ConnectGate | None = None,
     ) -> None:
         extra = tuple(secrets)
         if not all(isinstance(secret, str) for secret in extra):
             raise ConfigError("secrets must be strings (tokens to mask in logs and events)")
-        validate_url(url)
-        headers = dict(headers or {})
+        # A URL or headers given as functions are asked again at every connect attempt (a renewed
+        # listenKey, a signed URL, a fresh bearer token); the first attempt asks them too.
+        url_source: Callable[[], str | Awaitable[str]] | None = None
+        if callable(url):
+            url_source = url
+            url = f"ws://{_name(url_source)}.invalid/"  # a placeholder until the first attempt asks
+        else:
+            validate_url(url)
+        headers_source: Callable[[], Mapping[str, str] | Awaitable[Mapping[str, str]]] | None = None
+        plain_headers: dict[str, str] = {}
+        if callable(headers):
+            headers_source = headers
+        elif headers is not None:
+            plain_headers = dict(headers)
         config = self._config = config if config is not None else ClientConfig()
-        redactor = self._redactor = Redactor((*connection_secrets(url, headers), *extra))
-        self._safe_url = redactor.text(redact_url(url))
+        redactor = self._redactor = Redactor((*connection_secrets(url, plain_headers), *extra))
+        self._safe_url = (
+            f"<url from {_name(url_source)}()>" if url_source is not None else redactor.text(redact_url(url))
+        )
+        limits = config.limits
+        if connect_gate is None and limits is not None and limits.connects_per_window is not None:
+            connect_gate = ConnectGate(
+                limits.connects_per_window, limits.connect_window, margin=limits.margin
+            )
+        refresh = None
+        if url_source is not None or headers_source is not None:
+            refresh = _refresher(url_source, headers_source, redactor)
+        headers = plain_headers
         self._id = next(_client_ids)
         log = self._log = logging.LoggerAdapter(logger, {"wsclient_client": self._id})
         # What a server can make happen once per frame is logged a few times a minute, not per frame.
@@ -143,6 +173,8 @@ class Client:
             safe_url=self._safe_url,
             log=log,
             sm=sm,
+            gate=connect_gate,
+            refresh=refresh,
         )
         # Plain futures rather than asyncio.Event: an Event allocates a waiter deque (~760 B) up
         # front, and a feeder may hold hundreds of idle clients.
@@ -310,6 +342,8 @@ class Client:
             outbox_queued=len(session.outbox),
             last_rtt_age=None if rtt is None else now - rtt[1],
             write_stalls=c.write_stalls,
+            budget_waits=c.budget_waits,
+            rotations=c.rotations,
         )
 
     def __repr__(self) -> str:
@@ -450,3 +484,40 @@ def _clock() -> float:
         return asyncio.get_running_loop().time()
     except RuntimeError:
         return time.monotonic()
+
+
+def _name(func: object) -> str:
+    return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
+
+
+def _refresher(
+    url_source: Callable[[], str | Awaitable[str]] | None,
+    headers_source: Callable[[], Mapping[str, str] | Awaitable[Mapping[str, str]]] | None,
+    redactor: Redactor,
+) -> Callable[[ConnectOptions], Awaitable[ConnectOptions]]:
+    """The options of one connect attempt, from the application's functions."""
+
+    async def refresh(options: ConnectOptions) -> ConnectOptions:
+        url: Any = options.url
+        headers: Any = options.headers
+        try:
+            if url_source is not None:
+                url = url_source()
+                if inspect.isawaitable(url):
+                    url = await url
+            if headers_source is not None:
+                headers = headers_source()
+                if inspect.isawaitable(headers):
+                    headers = await headers
+                headers = dict(headers)
+        except Exception as exc:
+            what = "URL" if url_source is not None and url is options.url else "headers"
+            raise RefreshFailed(
+                f"the {what} function for this connect attempt raised: {redactor.text(describe(exc))}"
+            ) from exc
+        validate_url(url)  # a ConfigError: fatal, the function returns something unusable
+        # Masked from now on, wherever wsclient writes: the new token is a secret like the old one.
+        redactor.add(connection_secrets(url, headers))
+        return dataclasses.replace(options, url=url, headers=headers, secrets=redactor.secrets)
+
+    return refresh

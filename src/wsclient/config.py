@@ -8,6 +8,7 @@ connection.
 from __future__ import annotations
 
 import importlib.util
+import math
 import ssl
 from collections.abc import Callable, Hashable
 from typing import Any, Literal, Self
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from .codec import Codec
 from .errors import ConfigError
 
-__all__ = ["ClientConfig", "Heartbeat", "Reconnect", "validate_url"]
+__all__ = ["VENUE_PROFILES", "ClientConfig", "Heartbeat", "Reconnect", "VenueLimits", "validate_url"]
 
 Data = str | bytes
 
@@ -159,6 +160,142 @@ class Reconnect(BaseModel):
         return max(10 * self.max_delay, 60.0)
 
 
+VENUE_PROFILES: dict[str, dict[str, Any]] = {
+    # Published limits, as plain data: the SDK holds no venue-specific code, only these numbers.
+    "binance_spot": {
+        "streams_per_connection": 1024,
+        "subscribe_batch": 200,
+        "messages_per_second": 5,
+        "count_control_frames": True,  # pings and pongs count towards the 5 per second
+        "connects_per_window": 300,
+        "connect_window": 300.0,
+        "max_connection_age": 24 * 3600.0,
+    },
+    "okx": {
+        "subscribe_batch": 50,
+        "connects_per_window": 3,
+        "connect_window": 1.0,
+        "subscribes_per_hour": 480,
+    },
+    "bybit": {
+        "subscribe_batch": 10,
+        "connects_per_window": 500,
+        "connect_window": 300.0,
+    },
+    "bitfinex": {
+        "streams_per_connection": 25,
+        "subscribe_batch": 1,
+        "connects_per_window": 20,
+        "connect_window": 60.0,
+    },
+}
+"""The ready :class:`VenueLimits` profiles, by name (``VenueLimits.profile(name)``)."""
+
+
+class VenueLimits(BaseModel):
+    """What a venue allows one client, enforced by the client before the venue has to.
+
+    * ``streams_per_connection``: a :class:`~wsclient.Pool` never puts more on one connection.
+    * ``subscribe_batch``: streams per subscribe message a pool sends (and replays).
+    * ``messages_per_second``: client messages per connection in any second (``message_window``);
+      every data frame waits for the budget, the subscription replay is paced by it, never a burst.
+      With ``count_control_frames`` the heartbeat's pings count too; ``heartbeat_reserve`` slots are
+      kept for them, so the heartbeat is never starved by data.
+    * ``connects_per_window`` / ``connect_window``: connection attempts, through one
+      :class:`~wsclient.budget.ConnectGate` per client or pool (or one given and shared).
+    * ``max_connection_age``: the connection is replaced make-before-break before the venue cuts
+      it, at a random point of the last ``age_jitter`` share of its life, the overlap bounded by
+      ``rotation_overlap`` seconds.
+    * ``subscribes_per_hour``: subscription messages per connection and hour (replay included).
+    * ``margin``: each window is widened by this share, for the jitter between sending and counting.
+    """
+
+    model_config = _FROZEN
+
+    streams_per_connection: int | None = Field(None, ge=1, description="Streams one connection may carry.")
+    subscribe_batch: int = Field(1, ge=1, description="Streams per subscribe message (Pool).")
+    messages_per_second: int | None = Field(
+        None, ge=1, description="Client messages per connection per message_window."
+    )
+    message_window: float = Field(1.0, gt=0, description="The window of messages_per_second, seconds.")
+    count_control_frames: bool = Field(
+        False, description="Whether the venue counts the client's pings and pongs as messages."
+    )
+    heartbeat_reserve: int = Field(
+        1, ge=0, description="Message slots per window kept for pings and pongs (count_control_frames)."
+    )
+    connects_per_window: int | None = Field(None, ge=1, description="Connection attempts per connect_window.")
+    connect_window: float = Field(1.0, gt=0, description="The window of connects_per_window, seconds.")
+    max_connection_age: float | None = Field(
+        None, gt=0, description="Seconds after which the venue cuts a connection."
+    )
+    age_jitter: float = Field(
+        0.1, ge=0, lt=1, description="Share of max_connection_age over which rotations are spread."
+    )
+    rotation_overlap: float = Field(
+        10.0, gt=0, description="Bound on a make-before-break rotation's overlap, seconds."
+    )
+    subscribes_per_hour: int | None = Field(
+        None, ge=1, description="Subscription messages per connection and hour."
+    )
+    margin: float = Field(0.1, ge=0, le=1, description="Share added to each window, for network jitter.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        mps = self.messages_per_second
+        if mps is not None and self.count_control_frames and self.heartbeat_reserve >= mps:
+            raise ValueError(
+                f"heartbeat_reserve ({self.heartbeat_reserve}) leaves no message for data out of "
+                f"messages_per_second ({mps}): lower heartbeat_reserve"
+            )
+        age = self.max_connection_age
+        if age is not None and self.rotation_overlap >= age * (1 - self.age_jitter):
+            raise ValueError(
+                f"rotation_overlap ({self.rotation_overlap}s) must be shorter than the part of "
+                f"max_connection_age ({age}s) before rotations start ({age * (1 - self.age_jitter):g}s): "
+                "lower rotation_overlap or age_jitter"
+            )
+        return self
+
+    @property
+    def reserve(self) -> int:
+        """Message slots per window data frames leave to the heartbeat."""
+        return self.heartbeat_reserve if self.count_control_frames else 0
+
+    @classmethod
+    def profile(cls, name: str, **overrides: Any) -> VenueLimits:
+        """The ready profile ``name`` (a key of :data:`VENUE_PROFILES`), with ``overrides``."""
+        try:
+            data = VENUE_PROFILES[name]
+        except KeyError:
+            raise ConfigError(
+                f"no venue profile {name!r}: choose one of {', '.join(sorted(VENUE_PROFILES))}, "
+                "or build VenueLimits(...) with the venue's numbers"
+            ) from None
+        return cls(**{**data, **overrides})
+
+    @classmethod
+    def binance_spot(cls, **overrides: Any) -> VenueLimits:
+        """Binance spot: 1024 streams and 5 messages per second (pings included) per connection,
+        300 connects per 5 minutes, connections cut after 24 hours."""
+        return cls.profile("binance_spot", **overrides)
+
+    @classmethod
+    def okx(cls, **overrides: Any) -> VenueLimits:
+        """OKX: 3 connects per second, 480 subscribes per hour per connection."""
+        return cls.profile("okx", **overrides)
+
+    @classmethod
+    def bybit(cls, **overrides: Any) -> VenueLimits:
+        """Bybit: 500 connects per 5 minutes, 10 topics per subscribe message."""
+        return cls.profile("bybit", **overrides)
+
+    @classmethod
+    def bitfinex(cls, **overrides: Any) -> VenueLimits:
+        """Bitfinex: 25 channels per connection, one per subscribe message, 20 connects a minute."""
+        return cls.profile("bitfinex", **overrides)
+
+
 class ClientConfig(BaseModel):
     """Everything about a :class:`~wsclient.Client` but its URL and headers."""
 
@@ -213,6 +350,11 @@ class ClientConfig(BaseModel):
     request_id_field: str = Field(
         "id", min_length=1, description="Field carrying the correlation id of client.request()."
     )
+    limits: VenueLimits | None = Field(
+        None,
+        description="The venue's limits on the client (message budget, connects, connection age); "
+        "e.g. VenueLimits.binance_spot().",
+    )
     transport: Literal["websockets", "picows"] = Field(
         "websockets",
         description='Transport backend: "websockets", or "picows" (faster; pip install \'wsclient[fast]\').',
@@ -234,6 +376,27 @@ class ClientConfig(BaseModel):
                     "or transport='websockets' for permessage-deflate"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Self:
+        limits, hb = self.limits, self.heartbeat
+        if (
+            limits is not None
+            and limits.messages_per_second is not None
+            and limits.count_control_frames
+            and hb.mode != "off"
+        ):
+            window = limits.message_window * (1 + limits.margin)
+            pings = math.ceil(window / hb.interval)
+            if pings > limits.heartbeat_reserve:
+                raise ValueError(
+                    f"heartbeat.interval ({hb.interval}s) sends up to {pings} pings per "
+                    f"{window:g}s message window, more than limits.heartbeat_reserve "
+                    f"({limits.heartbeat_reserve}) keeps for them: raise heartbeat.interval to at least "
+                    f"{window / limits.heartbeat_reserve if limits.heartbeat_reserve else window:g}s or "
+                    "raise heartbeat_reserve"
+                )
+        return self
 
 
 def validate_url(url: str) -> str:

@@ -113,6 +113,12 @@ class UnsafeRedirect(HandshakeFailed):
     """
 
 
+class RefreshFailed(HandshakeFailed):
+    """The application's function giving the URL or the headers of a connect attempt raised (a
+    listenKey or a token could not be renewed). Retried with backoff like a failed handshake; the
+    cause is chained."""
+
+
 class GaveUpError(WSClientError):
     """The client stopped reconnecting: a fatal error, or the retry budget ran out.
 

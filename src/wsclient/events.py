@@ -165,3 +165,9 @@ class ClientStats:
     write_stalls: int = 0
     """Links the client closed because the peer stopped reading while it kept the client writing
     (pongs to a ping flood piling up): :class:`~wsclient.errors.PeerNotReading`."""
+    budget_waits: int = 0
+    """Messages that waited for the venue's message budget (``VenueLimits.messages_per_second``)."""
+    rotations: int = 0
+    """Connections replaced make-before-break (``VenueLimits.max_connection_age``, or on purpose)."""
+    duplicates_dropped: int = 0
+    """Messages not delivered because their sequence number was already delivered (``dedup_key``)."""

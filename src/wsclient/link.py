@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from .budget import SlidingWindow
 from .codec import Codec, Data
 from .codec import encode as encode_frame
 from .config import ClientConfig
@@ -53,6 +54,7 @@ class Link:
     """One connection, from its handshake to its end."""
 
     __slots__ = (
+        "_count_pings",
         "_extended",
         "_frames_ref",
         "_judged_at",
@@ -69,12 +71,15 @@ class Link:
         "_watch_timer",
         "_wbuf_ref",
         "_write_now",
+        "budget",
         "done",
         "id",
         "liveness",
         "opened_at",
         "pong_watch",
         "redactor",
+        "reserve",
+        "subscribe_budget",
         "transport",
         "url",
     )
@@ -112,6 +117,26 @@ class Link:
             assert hb.is_pong is not None
             self.pong_watch = PongWatch(hb.is_pong, loop.time)
             self._ping_frame = encode_frame(hb.message, codec)
+        # The venue's budgets are per connection: a link of its own has budgets of its own.
+        limits = config.limits
+        self.budget: SlidingWindow | None = None
+        """Client messages this connection may still send (``VenueLimits.messages_per_second``)."""
+        self.subscribe_budget: SlidingWindow | None = None
+        """Subscription messages (``VenueLimits.subscribes_per_hour``)."""
+        self.reserve = 0
+        """Slots of :attr:`budget` data leaves to the heartbeat."""
+        self._count_pings = False
+        if limits is not None:
+            if limits.messages_per_second is not None:
+                self.budget = SlidingWindow(
+                    limits.messages_per_second, limits.message_window, margin=limits.margin
+                )
+                self.reserve = limits.reserve
+                self._count_pings = limits.count_control_frames
+            if limits.subscribes_per_hour is not None:
+                self.subscribe_budget = SlidingWindow(
+                    limits.subscribes_per_hour, 3600.0, margin=limits.margin
+                )
         self._reader: asyncio.Task[Any] | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_timer: asyncio.TimerHandle | None = None
@@ -274,6 +299,9 @@ class Link:
         except Exception as exc:  # a backend bug: the link cannot be watched, so it is over
             self.fail(exc)
             return
+        if self._count_pings and self.budget is not None:
+            # Within the slots data leaves free: the ping never waits for the budget.
+            self.budget.record(now)
         self._pong = pong
         pong.add_done_callback(self._pong_arrived)
         self._extended = False

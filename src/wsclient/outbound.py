@@ -39,6 +39,7 @@ class Outbound:
 
     __slots__ = (
         "_callbacks",
+        "_clock",
         "_codec",
         "_flushing",
         "_redactor",
@@ -69,6 +70,9 @@ class Outbound:
         """The primary link, from its handshake to its end (set by the supervisor)."""
         self._flushing = False
         self._writer: asyncio.Task[None] | None = None
+        self._clock = (
+            _loop_time  # the loop's clock (a virtual one in tests); the client is made before a loop runs
+        )
 
     def encode(self, message: Outgoing) -> Data:
         """dict/list and models as JSON (or through the codec), str and bytes as they are."""
@@ -85,19 +89,23 @@ class Outbound:
             and link.phase is LinkPhase.OPEN
             and not self._session.outbox
             and not self._flushing
+            and (link.budget is None or link.budget.delay(self._clock(), link.reserve) <= 0)
         ):
             await self.send_on(link, data)
         else:
             self.enqueue(data)
 
-    async def send_on(self, link: Link, data: Data) -> None:
-        """Write ``data`` on ``link`` now; count it once the socket took it.
+    async def send_on(self, link: Link, data: Data, *, subscribe: bool = False) -> None:
+        """Write ``data`` on ``link`` as soon as the link's budget allows; count it once the socket
+        took it. ``subscribe`` counts it against the subscription budget too.
 
         Raises :class:`~wsclient.ConnectionLostError` if the link ends before (the frame is not
         re-sent).
         """
         transport = link.transport
         assert transport is not None
+        if link.budget is not None or (subscribe and link.subscribe_budget is not None):
+            await self._pace(link, subscribe)
         try:
             await transport.send(data)
         except TransportClosed as exc:
@@ -107,6 +115,29 @@ class Outbound:
         counters = self._session.counters
         counters.messages_out += 1
         counters.bytes_out += len(data)
+
+    async def _pace(self, link: Link, subscribe: bool) -> None:
+        """Wait until ``link``'s budgets take one more message, then count it in them."""
+        budget = link.budget
+        sub_budget = link.subscribe_budget if subscribe else None
+        clock = self._clock
+        # Bounded: each pass waits for the oldest counted message to leave a window.
+        for _ in range(64):
+            now = clock()
+            delay = 0.0
+            if budget is not None:
+                delay = budget.delay(now, link.reserve)
+            if sub_budget is not None:
+                delay = max(delay, sub_budget.delay(now))
+            if delay <= 0:
+                break
+            self._session.counters.budget_waits += 1
+            await asyncio.sleep(delay)
+        now = clock()
+        if budget is not None:
+            budget.record(now)
+        if sub_budget is not None:
+            sub_budget.record(now)
 
     def write_now(self, transport: Transport, data: Data) -> None:
         """Write a frame that must not wait, not even behind a full send buffer: the heartbeat's
@@ -181,15 +212,16 @@ class Outbound:
         link = self.link
         if link is not None and link.phase.replayed:
             # The current link has replayed already: send it like any other message.
-            self.enqueue(self.encode(message))
+            self.enqueue(self.encode(sub.build()))
             sub.sent_on = link.id
         return sub
 
     async def _cancel(self, sub: Subscription) -> None:
         self._session.subscriptions.remove(sub)
         link = self.link
-        if sub.unsubscribe is not None and link is not None and sub.sent_on == link.id and link.phase.is_live:
-            await self.send(sub.unsubscribe)
+        unsubscribe = sub.unsubscribe
+        if unsubscribe is not None and link is not None and sub.sent_on == link.id and link.phase.is_live:
+            await self.send(unsubscribe() if callable(unsubscribe) else unsubscribe)
 
     async def replay(self, link: Link, pause: float) -> None:
         """Send every active subscription in order on ``link``, including ones added meanwhile."""
@@ -207,7 +239,7 @@ class Outbound:
                     await asyncio.sleep(pause)
                     if not sub.active:  # cancelled during the pause: never sent, nothing to undo
                         continue
-                await self.send_on(link, self.encode(sub.message))
+                await self.send_on(link, self.encode(sub.build()), subscribe=True)
                 sub.sent_on = link.id
 
     # -- requests ----------------------------------------------------------------------------------
@@ -235,3 +267,7 @@ class Outbound:
         if model is not None:
             return model.model_validate(reply)
         return reply
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()

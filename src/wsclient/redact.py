@@ -122,16 +122,37 @@ class Redactor:
     of a secret of 12 or more characters is masked: servers quote tokens cut short.
     """
 
-    __slots__ = ("_long", "_secrets")
+    __slots__ = ("_base", "_dynamic", "_long", "_secrets")
+
+    #: Secrets of per-attempt URLs and headers kept (:meth:`add`): the newest ones, bounded.
+    DYNAMIC_KEPT = 16
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._base = tuple(secrets)
+        self._dynamic: tuple[str, ...] = ()
+        self._secrets: tuple[str, ...] = ()
+        self._long: tuple[str, ...] = ()
+        self._build()
+
+    def _build(self) -> None:
         # Longest first, so a secret that contains another is masked whole.
-        self._secrets: tuple[str, ...] = tuple(
-            sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self._secrets = tuple(
+            sorted({s for s in (*self._base, *self._dynamic) if len(s) >= 4}, key=len, reverse=True)
         )
         # Only these are searched for fragments. Nothing is precomputed for them: a client holds its
         # redactor for its whole life, and masking runs only when an event or a log line is made.
         self._long = tuple(s for s in self._secrets if len(s) >= 12)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Mask these too, from now on, in place (every holder of this redactor sees them): the
+        credentials of a URL or headers computed for a connect attempt. Only the newest
+        :attr:`DYNAMIC_KEPT` added are kept, so a token renewed every hour for months does not
+        grow the list for ever (an expired token is no secret worth the cost)."""
+        new = [s for s in secrets if s not in self._dynamic and s not in self._base]
+        if not new:
+            return
+        self._dynamic = (*self._dynamic, *new)[-self.DYNAMIC_KEPT :]
+        self._build()
 
     @property
     def secrets(self) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ class Counters:
     """The client's running totals (:class:`~wsclient.events.ClientStats` is a snapshot of them)."""
 
     __slots__ = (
+        "budget_waits",
         "bytes_in",
         "bytes_out",
         "connect_failures",
@@ -34,10 +35,12 @@ class Counters:
         "heartbeat_misses",
         "messages_in",  # and bytes_in: of ended links (the live one's are in its Liveness)
         "messages_out",
+        "rotations",
         "write_stalls",
     )
 
     def __init__(self) -> None:
+        self.budget_waits = 0
         self.bytes_in = 0
         self.bytes_out = 0
         self.connect_failures = 0
@@ -48,6 +51,7 @@ class Counters:
         self.heartbeat_misses = 0
         self.messages_in = 0
         self.messages_out = 0
+        self.rotations = 0
         self.write_stalls = 0
 
 
@@ -72,6 +76,12 @@ class Subscription:
         self.sent_on = 0
         """The connection id the subscribe message last went out on (or is queued for); 0: none."""
         self._cancel = cancel
+
+    def build(self) -> Outgoing:
+        """The message to send now: :attr:`message`, or what it returns when it is a function
+        (called at every send and replay: fresh ids, the streams of the moment, a new signature)."""
+        message = self.message
+        return message() if callable(message) else message
 
     async def cancel(self) -> None:
         """Forget this subscription; send its unsubscribe message if the subscribe went out on the

@@ -17,11 +17,13 @@ import asyncio
 import inspect
 import itertools
 import logging
-from collections.abc import Callable
+import random
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from .budget import ConnectGate
 from .callbacks import Callbacks
 from .config import ClientConfig
 from .errors import (
@@ -102,18 +104,21 @@ class Supervisor:
     """Keeps one client connected, and ends it."""
 
     __slots__ = (
+        "_age_timer",
         "_callbacks",
         "_close_request",
         "_closing",
         "_config",
         "_connector",
         "_done",
+        "_gate",
         "_inbound",
         "_link_ids",
         "_log",
         "_options",
         "_outbound",
         "_redactor",
+        "_refresh",
         "_rotation",
         "_running",
         "_safe_url",
@@ -139,8 +144,13 @@ class Supervisor:
         safe_url: str,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger],
         sm: StateMachine,
+        gate: ConnectGate | None = None,
+        refresh: Callable[[ConnectOptions], Awaitable[ConnectOptions]] | None = None,
     ) -> None:
         self._config = config
+        self._gate = gate
+        self._refresh = refresh
+        self._age_timer: asyncio.TimerHandle | None = None
         self._safe_url = safe_url
         self._connector = connector
         self._options = options
@@ -270,6 +280,7 @@ class Supervisor:
 
     async def _teardown(self, why: str) -> None:
         """The one way out: what was never sent is reported, and nothing keeps running."""
+        self._disarm_age()
         await self._stop_rotation()
         self._session.outbox.drop_all(why)
         self._session.requests.fail_all(ClientClosedError(f"no reply: {why}"))
@@ -281,17 +292,27 @@ class Supervisor:
 
     # -- one attempt -----------------------------------------------------------------------------------
 
+    async def _connect(self, link: Link) -> None:
+        """One connect attempt: the connect gate's turn, the URL and headers of the moment, the
+        handshake (redirects followed, within ``open_timeout``)."""
+        if self._gate is not None:
+            # After the backoff, never instead of it: the gate only adds to a wait.
+            await self._gate.acquire()
+        options = self._options
+        if self._refresh is not None:
+            options = await self._refresh(options)
+        await link.connect(
+            self._connector,
+            options,
+            max_redirects=self._config.max_redirects,
+            redactor=self._redactor,
+            log=self._log,
+        )
+
     async def _open_link(self, link: Link) -> BaseException | None:
         """Handshake, then hooks → replay → flush → OPEN; ``None`` once open, else the cause."""
-        config = self._config
         try:
-            await link.connect(
-                self._connector,
-                self._options,
-                max_redirects=config.max_redirects,
-                redactor=self._redactor,
-                log=self._log,
-            )
+            await self._connect(link)
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             await link.shutdown()
             raise
@@ -396,6 +417,12 @@ class Supervisor:
             self._connected(link, reconnect=reconnect)
 
     def _connected(self, link: Link, *, reconnect: bool) -> None:
+        limits = self._config.limits
+        if limits is not None and limits.max_connection_age is not None:
+            # Spread over the last age_jitter of the connection's life, so that links opened
+            # together (a pool's shards, a fleet after an outage) do not rotate together.
+            age = limits.max_connection_age * (1.0 - limits.age_jitter * random.random())
+            self._arm_age(link, max(0.0, age - limits.rotation_overlap))
         self._session.counters.connects += 1
         self._log.info("connection %d open to %s", link.id, link.url)
         subprotocol = link.transport.subprotocol if link.transport is not None else None
@@ -414,6 +441,7 @@ class Supervisor:
         """Stop an ended link and fold its figures into the session's."""
         if self.link is link:
             self.link = self._outbound.link = None
+            self._disarm_age()
             await self._outbound.stop_writer()
             await self._stop_rotation()
         await link.shutdown()
@@ -444,7 +472,7 @@ class Supervisor:
 
     # -- make-before-break ---------------------------------------------------------------------------
 
-    def rotate(self, overlap: float | None = None) -> bool:
+    def rotate(self, overlap: float | None = None, *, age: bool = False) -> bool:
         """Replace the open primary link by a new one, make-before-break; False if not possible now.
 
         The new link is opened beside the primary one (handshake, hooks, replay), delivering nothing;
@@ -459,23 +487,17 @@ class Supervisor:
             return False
         limit = overlap if overlap is not None else self._config.open_timeout
         self._rotation = asyncio.get_running_loop().create_task(
-            self._rotate(link, limit), name=f"wsclient-rotate-{link.id}"
+            self._rotate(link, limit, age), name=f"wsclient-rotate-{link.id}"
         )
         return True
 
-    async def _rotate(self, old: Link, limit: float) -> None:
+    async def _rotate(self, old: Link, limit: float, age: bool = False) -> None:
         config = self._config
         new = self._new_link()
         receiver = self._inbound.attach(new.pong_watch)
         try:
             async with asyncio.timeout(limit):
-                await new.connect(
-                    self._connector,
-                    self._options,
-                    max_redirects=config.max_redirects,
-                    redactor=self._redactor,
-                    log=self._log,
-                )
+                await self._connect(new)
                 new.start(receiver)
                 assert new.liveness is not None
                 self._inbound.started(receiver, new.liveness)
@@ -490,6 +512,14 @@ class Supervisor:
             self._log.warning(
                 "rotation of connection %d abandoned: %s", old.id, self._redactor.text(describe(exc))
             )
+            limits = config.limits
+            if age and limits is not None and self.link is old:
+                # Still before the venue's cut (the rotation started an overlap ahead of it): try
+                # again once, half way to it.
+                assert limits.max_connection_age is not None and old.opened_at is not None
+                left = old.opened_at + limits.max_connection_age - asyncio.get_running_loop().time()
+                if left > 0:
+                    self._arm_age(old, left / 2)
             return
         finally:
             self._rotation = None
@@ -501,6 +531,7 @@ class Supervisor:
         # The switch: from here on the new link is the primary one.
         self.link = self._outbound.link = new
         self._inbound.activate(receiver, reconnect=True)
+        self._session.counters.rotations += 1
         self._connected(new, reconnect=True)
         self._log.info("connection %d replaced by %d", old.id, new.id)
         old.done.set_result(_Rotated(new))
@@ -512,6 +543,27 @@ class Supervisor:
         finally:
             await old.shutdown()
             self._end_figures(old)
+
+    def _arm_age(self, link: Link, delay: float) -> None:
+        if self._age_timer is not None:
+            self._age_timer.cancel()
+        self._age_timer = asyncio.get_running_loop().call_later(delay, self._age_due, link)
+
+    def _age_due(self, link: Link) -> None:
+        self._age_timer = None
+        limits = self._config.limits
+        if self.link is not link or limits is None:
+            return
+        if self.rotate(limits.rotation_overlap, age=True):
+            self._log.info("connection %d nears its maximum age: replacing it", link.id)
+        elif self._rotation is not None:
+            # Another rotation runs; if it is abandoned, this link still needs replacing.
+            self._arm_age(link, limits.rotation_overlap)
+
+    def _disarm_age(self) -> None:
+        if self._age_timer is not None:
+            self._age_timer.cancel()
+            self._age_timer = None
 
     async def _stop_rotation(self) -> None:
         rotation, self._rotation = self._rotation, None

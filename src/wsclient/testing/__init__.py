@@ -2,6 +2,7 @@
 
 from wsclient.testing.feed import CHANNELS, DEFAULT_SYMBOLS, Fault, FeedServer, Handshake, ReceivedFrame
 from wsclient.testing.proxy import ChaosProxy
+from wsclient.testing.venue import VenueRules, VenueServer
 
 __all__ = [
     "CHANNELS",
@@ -11,4 +12,6 @@ __all__ = [
     "FeedServer",
     "Handshake",
     "ReceivedFrame",
+    "VenueRules",
+    "VenueServer",
 ]

@@ -413,6 +413,8 @@ class MemoryConnection:
         self.received_at: list[float] = []
         """``loop.time()`` when the server read each of :attr:`received`."""
         self.pings: list[bytes] = []
+        self.pings_at: list[float] = []
+        """``loop.time()`` when the server read each of :attr:`pings`."""
         """Payloads of the client's pings, in order."""
         self.pongs: list[bytes] = []
         """Payloads of the client's pongs (answers to :meth:`ping`)."""
@@ -569,6 +571,7 @@ class MemoryConnection:
             self.received_at.append(now)
         elif isinstance(frame, _Ping):
             self.pings.append(frame.payload)
+            self.pings_at.append(now)
             if self.auto_pong:
                 if self.pong_delay > 0:
                     self._loop.call_later(self.pong_delay, self._answer, frame.payload)
