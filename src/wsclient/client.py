@@ -22,7 +22,7 @@ import inspect
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from .budget import ConnectGate
 from .callbacks import Callbacks
 from .config import ClientConfig, validate_url
+from .dedup import Dedup
 from .errors import ClientClosedError, ConfigError, RefreshFailed
 from .events import ClientEvent, ClientStats
 from .inbound import Inbound
@@ -101,6 +102,8 @@ class Client:
         secrets: Iterable[str] = (),
         connector: Connector | None = None,
         connect_gate: ConnectGate | None = None,
+        dedup_key: Callable[[Any], tuple[Hashable, int] | None] | None = None,
+        dedup: Dedup | None = None,
     ) -> None:
         extra = tuple(secrets)
         if not all(isinstance(secret, str) for secret in extra):
@@ -141,8 +144,22 @@ class Client:
         sm = StateMachine(listener=self._on_transition)
         outbox = Outbox(config.outbox_size, config.outbox_overflow)
         session = self._session = Session(outbox, RequestTracker(config.request_id_field))
+        if dedup is None and dedup_key is not None:
+            dedup = Dedup()
+        if dedup is not None and dedup_key is None:
+            raise ConfigError("dedup= needs dedup_key= (message -> (stream, seq)) to know what a copy is")
+        if dedup_key is not None and not callable(dedup_key):
+            raise ConfigError("dedup_key must be a function: message -> (stream, seq) or None")
         inbound = self._inbound = Inbound(
-            config, callbacks, session.counters, session.requests, redactor, limiter, log
+            config,
+            callbacks,
+            session.counters,
+            session.requests,
+            redactor,
+            limiter,
+            log,
+            dedup=dedup,
+            dedup_key=dedup_key,
         )
         outbound = self._outbound = Outbound(
             session, callbacks, config.codec, redactor, sm=sm, route=inbound.route
@@ -271,6 +288,28 @@ class Client:
         self._supervisor.connect_hooks = (*self._supervisor.connect_hooks, hook)
         return hook
 
+    def rotate(self, overlap: float | None = None) -> bool:
+        """Replace the open connection by a new one, make-before-break; False if not possible now
+        (not open, or a rotation already runs).
+
+        The new connection runs the ``on_connect`` hooks and the replay beside the old one, then
+        takes over (a ``Connected`` event with ``reconnect=True``) and the old one is closed (1000).
+        With ``dedup_key`` both deliver during the overlap and every message reaches the handlers
+        exactly once, in order; the switch waits (within ``overlap`` seconds, default
+        ``open_timeout``) until the new connection has delivered every stream the old one did
+        meanwhile. Without it, frames of the old connection after the switch are not delivered.
+        """
+        return self._supervisor.rotate(overlap)
+
+    async def drain(self) -> None:
+        """Wait until what the outbox held when called has been handed to the socket (or dropped)."""
+        await self._outbound.idle()
+
+    def end_move(self, stream: Hashable) -> None:
+        """A stream this client took over from another one sharing its de-duplicator (a pool's
+        move) has left the other one: deliver, in order, what was held for it."""
+        self._inbound.end_move(stream)
+
     def subscribe(self, message: Outgoing, unsubscribe: Outgoing | None = None) -> Subscription:
         """Remember ``message`` and send it now (if open) and after every reconnect, in order."""
         state = self._supervisor.sm.state
@@ -344,6 +383,7 @@ class Client:
             write_stalls=c.write_stalls,
             budget_waits=c.budget_waits,
             rotations=c.rotations,
+            duplicates_dropped=router.dedup.dropped if router is not None and router.dedup is not None else 0,
         )
 
     def __repr__(self) -> str:

@@ -20,17 +20,25 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 from .callbacks import Callbacks
 from .codec import Data
 from .config import ClientConfig
+from .dedup import Dedup
 from .events import MessageDropped
 from .heartbeat import Liveness, PongWatch
 from .logs import LogLimiter
 from .redact import Redactor
-from .routing import SYNC_HANDLER_FAILURES, RequestTracker, Router, SequenceGap, handler_failed
+from .routing import (
+    SYNC_HANDLER_FAILURES,
+    RequestTracker,
+    Router,
+    SeqKey,
+    SequenceGap,
+    handler_failed,
+)
 from .session import Counters
 from .transport import InlineTarget
 
@@ -46,6 +54,36 @@ class _ReconnectMark:
 _RECONNECT = _ReconnectMark()
 
 
+class _Secondary:
+    """A queued frame of the second of two overlapping links (a rotation's overlap)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Data) -> None:
+        self.data = data
+
+
+class _Release:
+    """Put in the queue where held messages are to be delivered (the end of an overlap or a move)."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: Hashable | None) -> None:
+        self.stream = stream
+
+
+class Overlapping:
+    """A rotation's overlap, as the inbound part runs it: the old link's receiver, the new one's, and
+    the router's record of which streams each delivered (:attr:`ready` once the new one caught up)."""
+
+    __slots__ = ("new", "old", "ready")
+
+    def __init__(self, old: Receiver | None, new: Receiver, ready: asyncio.Future[None]) -> None:
+        self.old = old
+        self.new = new
+        self.ready = ready
+
+
 class _Process:
     """The inline target of a client with ``on_message`` callbacks: :meth:`Inbound.process`."""
 
@@ -58,7 +96,7 @@ class _Process:
 class Receiver:
     """What one link's transport delivers to (a :class:`~wsclient.transport.Sink`)."""
 
-    __slots__ = ("_inbound", "active", "defer", "inline", "liveness", "pong_watch")
+    __slots__ = ("_inbound", "active", "defer", "inline", "liveness", "pong_watch", "secondary")
 
     def __init__(self, inbound: Inbound, pong_watch: PongWatch | None) -> None:
         self._inbound = inbound
@@ -69,13 +107,17 @@ class Receiver:
         self.inline: InlineTarget | None = None
         self.active = False
         """Whether this receiver's link feeds the handlers (see :meth:`Inbound.activate`)."""
+        self.secondary = False
+        """Whether this inactive link's keyed messages go to the de-duplicator (an overlap)."""
 
     def __call__(self, data: Data) -> Awaitable[None] | None:
         watch = self.pong_watch
         if watch is not None and watch.waiting and watch.check(data):
             return None
         if not self.active:
-            return None  # a link opened beside the primary one (rotation): not delivered (yet)
+            # A link beside the primary one (rotation): with a de-duplicator, its keyed messages
+            # count; otherwise it delivers nothing (yet).
+            return self._inbound.receive_secondary(data) if self.secondary else None
         inbound = self._inbound
         queue = inbound._queue
         if queue and len(queue) + 1 < inbound._limit:
@@ -93,6 +135,8 @@ class Inbound:
         "_callbacks",
         "_config",
         "_counters",
+        "_dedup",
+        "_dedup_key",
         "_dispatcher",
         "_limit",
         "_limiter",
@@ -120,8 +164,13 @@ class Inbound:
         redactor: Redactor,
         limiter: LogLimiter,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        *,
+        dedup: Dedup | None = None,
+        dedup_key: SeqKey | None = None,
     ) -> None:
         self._config = config
+        self._dedup = dedup
+        self._dedup_key = dedup_key
         self._requests = requests
         # Made by the first model, on_unknown hook or request: a client reading raw frames only
         # never pays for one (~1 KiB).
@@ -164,6 +213,8 @@ class Inbound:
                 requests=self._requests,
                 log_limiter=self._limiter,
                 redact=self._redactor.text,
+                dedup=self._dedup,
+                default_seq_key=self._dedup_key,
             )
         return router
 
@@ -216,6 +267,9 @@ class Inbound:
         if previous is not None:
             previous.active = False
             previous.inline = None
+            # During an overlap the old link goes on feeding the de-duplicator until it has closed.
+            previous.secondary = self._router is not None and self._router.merging
+        receiver.secondary = False
         receiver.active = True
         self._receiver = receiver
         if reconnect and self._router is not None:
@@ -228,6 +282,70 @@ class Inbound:
     def started(self, receiver: Receiver, liveness: Liveness) -> None:
         """The link of ``receiver`` reads now, into ``liveness``."""
         receiver.liveness = liveness
+
+    # -- overlapping links (rotation) ------------------------------------------------------------------
+
+    def begin_overlap(self, new: Receiver) -> Overlapping | None:
+        """A second link opens beside the primary one. With a de-duplicator (``dedup_key``) its keyed
+        messages are judged with the primary's from now on, and what runs ahead is held; without
+        one, it delivers nothing until :meth:`activate` (None is returned)."""
+        router = self._router
+        if router is None or router.dedup is None or not self._routing:
+            return None
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        router.begin_overlap(ready)
+        new.secondary = True
+        return Overlapping(self._receiver, new, ready)
+
+    def end_overlap(self, overlap: Overlapping) -> None:
+        """Only one link is left: deliver what was held, in order (after what is queued)."""
+        if overlap.old is not None:
+            overlap.old.secondary = False
+        overlap.new.secondary = False
+        if not overlap.ready.done():
+            overlap.ready.cancel()
+        self._release(None)
+
+    def end_move(self, stream: Hashable) -> None:
+        """A stream moved here from another connection has left the other one: what this one held
+        for it follows, in order."""
+        if self._dedup is None:
+            return
+        if self._router is None:
+            self._dedup.end_move(stream)
+            return
+        self._release(stream)
+
+    def _release(self, stream: Hashable | None) -> None:
+        router = self._router
+        if router is None:
+            return
+        queue = self._queue
+        if queue or self._dispatcher is not None:
+            assert queue is not None
+            queue.append(_Release(stream))
+            return
+        pending = router.end_overlap() if stream is None else router.end_move(stream)
+        if pending is not None and not self.closed:
+            self.defer(pending)
+
+    def receive_secondary(self, data: Data) -> Awaitable[None] | None:
+        """A frame of the second of two overlapping links: judged by the de-duplicator, in arrival
+        order with the primary link's frames."""
+        router = self._router
+        if router is None or self.closed:
+            return None
+        queue = self._queue
+        if self._dispatcher is None and not queue:
+            pending = router.dispatch_secondary(data)
+            if pending is not None:
+                self.defer(pending)
+            return None
+        assert queue is not None
+        queue.append(_Secondary(data))
+        if len(queue) >= self._limit:
+            return self._full()
+        return None
 
     # -- the hot path ----------------------------------------------------------------------------------
 
@@ -279,6 +397,8 @@ class Inbound:
             return self._space
         if self._policy == "drop_newest":
             dropped = queue.pop()  # the frame just appended, never a mark
+            if dropped.__class__ is _Secondary:
+                dropped = dropped.data
         else:
             # The oldest frame: reconnect marks and deferred work (awaitables) stay in place.
             for index, dropped in enumerate(queue):
@@ -324,6 +444,16 @@ class Inbound:
                     # Here, in arrival order, and not when the socket opened.
                     self.router.sequences.mark_reconnect()
                     continue
+                elif cls is _Secondary:
+                    pending = self.router.dispatch_secondary(item.data)
+                    if pending is None:
+                        continue
+                elif cls is _Release:
+                    router = self.router
+                    stream = item.stream
+                    pending = router.end_overlap() if stream is None else router.end_move(stream)
+                    if pending is None:
+                        continue
                 else:
                     pending = item  # the rest of a frame whose sync part ran inline
                 await pending

@@ -72,6 +72,7 @@ class Link:
         "_wbuf_ref",
         "_write_now",
         "budget",
+        "connected_at",
         "done",
         "id",
         "liveness",
@@ -108,6 +109,8 @@ class Link:
         self.liveness: Liveness | None = None
         self.opened_at: float | None = None
         """``loop.time()`` when the link became OPEN."""
+        self.connected_at: float | None = None
+        """``loop.time()`` when its handshake completed (where a venue starts counting its age)."""
         self.done: asyncio.Future[BaseException] = loop.create_future()
         """Resolved once, with the cause of the link's death."""
         hb = config.heartbeat
@@ -177,6 +180,7 @@ class Link:
         opened = await open_connection(
             connector, options, max_redirects=max_redirects, redactor=redactor, log=log
         )
+        self.connected_at = self._loop.time()
         self.transport = opened.transport
         self.redactor = opened.redactor
         self.url = opened.redactor.text(redact_url(opened.url))

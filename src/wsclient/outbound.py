@@ -42,12 +42,14 @@ class Outbound:
         "_clock",
         "_codec",
         "_flushing",
+        "_opening_deltas",
         "_redactor",
         "_route",
         "_session",
         "_sm",
         "_writer",
         "link",
+        "opening",
     )
 
     def __init__(
@@ -70,6 +72,9 @@ class Outbound:
         """The primary link, from its handshake to its end (set by the supervisor)."""
         self._flushing = False
         self._writer: asyncio.Task[None] | None = None
+        self.opening: Link | None = None
+        """A link being opened beside the primary one (a rotation), set by the supervisor."""
+        self._opening_deltas: list[Data] = []
         self._clock = (
             _loop_time  # the loop's clock (a virtual one in tests); the client is made before a loop runs
         )
@@ -207,7 +212,7 @@ class Outbound:
 
     def subscribe(self, message: Outgoing, unsubscribe: Outgoing | None) -> Subscription:
         """Remember a subscription; send it now if the current link has replayed already."""
-        sub = Subscription(message, unsubscribe, self._cancel)
+        sub = Subscription(message, unsubscribe, self._cancel, self._delta)
         self._session.subscriptions.append(sub)
         link = self.link
         if link is not None and link.phase.replayed:
@@ -215,6 +220,33 @@ class Outbound:
             self.enqueue(self.encode(sub.build()))
             sub.sent_on = link.id
         return sub
+
+    def _delta(self, sub: Subscription, message: Outgoing) -> bool:
+        queued = False
+        opening = self.opening
+        if opening is not None and sub.sent_on == opening.id:
+            # Replayed already on a link opened beside the primary one (a rotation): it gets the
+            # change before it takes over (see flush_opening()).
+            self._opening_deltas.append(self.encode(message))
+            queued = True
+        link = self.link
+        if link is not None and link.id in (sub.sent_on, sub.previous_on) and link.phase.is_live:
+            self.enqueue(self.encode(message))
+            queued = True
+        return queued
+
+    def adopt_opening(self, *, keep: bool = True) -> None:
+        """The rotation's new link became primary (``keep``: changes not yet sent on it join the
+        outbox) or was abandoned (they are dropped: the primary link got its own copy)."""
+        deltas, self._opening_deltas = self._opening_deltas, []
+        if keep:
+            for data in deltas:
+                self.enqueue(data)
+
+    async def flush_opening(self, link: Link) -> None:
+        """Send, on a rotation's new link, the subscription changes made after its replay."""
+        while self._opening_deltas:  # bounded: each pass sends one
+            await self.send_on(link, self._opening_deltas.pop(0))
 
     async def _cancel(self, sub: Subscription) -> None:
         self._session.subscriptions.remove(sub)
@@ -239,8 +271,17 @@ class Outbound:
                     await asyncio.sleep(pause)
                     if not sub.active:  # cancelled during the pause: never sent, nothing to undo
                         continue
-                await self.send_on(link, self.encode(sub.build()), subscribe=True)
+                data = self.encode(sub.build())
+                # Marked before the send: a change made meanwhile (send_delta) must go out too.
+                primary = self.link
+                on_primary = (
+                    primary is not None
+                    and primary is not link
+                    and primary.id in (sub.sent_on, sub.previous_on)
+                )
+                sub.previous_on = primary.id if on_primary and primary is not None else 0
                 sub.sent_on = link.id
+                await self.send_on(link, data, subscribe=True)
 
     # -- requests ----------------------------------------------------------------------------------
 

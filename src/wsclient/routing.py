@@ -49,13 +49,16 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from enum import Enum
 from types import CoroutineType
-from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, GetPydanticSchema, TypeAdapter
 from pydantic_core import CoreSchema, ValidationError, core_schema, from_json
 
 from .codec import Codec, Data, JsonCodec, encode
 from .logs import LogLimiter
+
+if TYPE_CHECKING:
+    from .dedup import Dedup
 
 __all__ = [
     "DiscriminatorSpec",
@@ -258,6 +261,11 @@ class SequenceTracker:
             self._after_reconnect.discard(stream)
         return SequenceGap(stream, last + 1, seq, kind, across)
 
+    def is_reset(self, stream: Hashable, seq: int) -> bool:
+        """Whether ``seq``, below the stream's last number, is a reset rather than a copy."""
+        last = self._last.get(stream)
+        return last is not None and seq < last and (seq <= self.start or last - seq > self.max_replay)
+
     def mark_reconnect(self) -> None:
         """Note that a new connection starts: the next gap on any known stream straddles it."""
         self._after_reconnect.update(self._last)
@@ -275,6 +283,60 @@ class SequenceTracker:
         """Drop every stream's state (the counters are kept)."""
         self._last.clear()
         self._after_reconnect.clear()
+
+
+class Judgement(Enum):
+    """What :meth:`~wsclient.dedup.Dedup.judge` says of one message."""
+
+    DELIVER = "deliver"
+    DROP = "drop"
+    HOLD = "hold"
+
+
+_DELIVER, _HOLD = Judgement.DELIVER, Judgement.HOLD
+
+
+class _Drop:
+    __slots__ = ()
+
+
+_DROP = _Drop()
+
+
+class Overlap:
+    """Which streams each of two overlapping links delivered (a rotation), and when the new one has
+    caught up: every stream the old link delivered meanwhile, the new one delivered too."""
+
+    __slots__ = ("_primary", "_secondary", "ready")
+
+    def __init__(self, ready: asyncio.Future[None], expected: set[Hashable] | None = None) -> None:
+        # The streams the old link carries: those delivered before the overlap, and any it
+        # delivers meanwhile.
+        self._primary: set[Hashable] = set(expected or ())
+        self._secondary: set[Hashable] = set()
+        self.ready = ready
+        """Resolved once the new link has caught up."""
+
+    def saw(self, stream: Hashable, secondary: bool) -> None:
+        """A message of ``stream`` arrived on the new (``secondary``) or the old link."""
+        if secondary:
+            if stream not in self._secondary:
+                self._secondary.add(stream)
+                self._check()
+        elif stream not in self._primary:
+            self._primary.add(stream)
+            if self.ready.done() and stream not in self._secondary:
+                return  # already switched over: nothing more to decide
+            self._check()
+
+    def _check(self) -> None:
+        if not self.ready.done() and self._secondary and self._primary <= self._secondary:
+            self.ready.set_result(None)
+
+    @property
+    def missing(self) -> int:
+        """Streams the old link delivered that the new one has not yet."""
+        return len(self._primary - self._secondary)
 
 
 class RequestTracker:
@@ -539,11 +601,17 @@ class Router:
         "_redact",
         "_registrations",
         "_rules",
+        "_secondary",
+        "_streams",
         "_tagger",
         "_validate_json",
         "_validate_python",
         "codec",
+        "dedup",
+        "default_seq_key",
         "dispatch",
+        "merging",
+        "overlap",
         "requests",
         "sequences",
         "stats",
@@ -574,6 +642,8 @@ class Router:
         sequences: SequenceTracker | None = None,
         log_limiter: LogLimiter | None = None,
         redact: Callable[[str], str] | None = None,
+        dedup: Dedup | None = None,
+        default_seq_key: SeqKey | None = None,
     ) -> None:
         self._limiter = log_limiter if log_limiter is not None else LogLimiter()
         self._redact: Callable[[str], str] = redact if redact is not None else str
@@ -608,8 +678,20 @@ class Router:
         self._on_gap = on_gap
         self.requests = requests
         """The request tracker consulted before routing, if any."""
+        if dedup is not None:
+            sequences = dedup.sequences
         self.sequences = sequences if sequences is not None else SequenceTracker()
         """The sequence tracker fed by ``seq_key`` / ``__wsclient_seq__``."""
+        self.dedup = dedup
+        """With one, copies of delivered messages (by sequence) are dropped: exactly once."""
+        self.default_seq_key = default_seq_key
+        """The sequence key of models that have none of their own (a client's ``dedup_key``)."""
+        self.merging = False
+        """Two links carry this router's streams (a rotation's overlap): hold what runs ahead."""
+        self.overlap: Overlap | None = None
+        """Which streams each link delivered during a rotation's overlap, while one runs."""
+        self._secondary = False
+        self._streams: set[Hashable] = set()  # streams this router delivered (with a de-duplicator)
         self.stats = RouterStats()
         """Live counters."""
         self._registrations: list[Registration] = []
@@ -727,9 +809,10 @@ class Router:
         for reg in self._registrations:
             if reg.seq_key is not None:
                 seq_keys.setdefault(reg.model, reg.seq_key)
-        plans = {m: _plan(m, regs, seq_keys.get(m)) for m, regs in tagged.items()}
+        default = self.default_seq_key
+        plans = {m: _plan(m, regs, seq_keys.get(m), default) for m, regs in tagged.items()}
         rules = tuple(
-            _Rule(match, m.__pydantic_validator__.validate_python, _plan(m, regs, seq_keys.get(m)))
+            _Rule(match, m.__pydantic_validator__.validate_python, _plan(m, regs, seq_keys.get(m), default))
             for (m, match), regs in predicated.items()
         )
         if choices != self._choices:
@@ -867,10 +950,38 @@ class Router:
         self.stats.handled += 1
         return True
 
-    def _deliver(self, msg: Any, plan: _Plan) -> Awaitable[None] | None:
-        self.stats.handled += 1
+    def _deliver(self, msg: Any, plan: _Plan, released: bool = False) -> Awaitable[None] | None:
         if plan.seq_key is not None:
-            self._observe(plan.seq_key, msg)
+            stream = self._observe(plan.seq_key, msg, plan, released)
+            if stream is _DROP:
+                return None
+            if stream is not None:
+                # Messages of the other link were waiting for this one: they follow it, in order.
+                assert self.dedup is not None
+                after = self.dedup.release(stream)
+                if after:
+                    return self._chain(self._run(msg, plan), after)
+        return self._run(msg, plan)
+
+    def _chain(
+        self, pending: Awaitable[None] | None, items: list[tuple[Any, _Plan]]
+    ) -> Awaitable[None] | None:
+        """Deliver ``items`` (released from the hold, in order) after ``pending``."""
+        for index, (msg, plan) in enumerate(items):
+            if pending is not None:
+                return self._then(pending, items[index:])
+            pending = self._deliver(msg, plan, True)
+        return pending
+
+    async def _then(self, pending: Awaitable[None], items: list[tuple[Any, _Plan]]) -> None:
+        await pending
+        for msg, plan in items:
+            more = self._deliver(msg, plan, True)
+            if more is not None:
+                await more
+
+    def _run(self, msg: Any, plan: _Plan) -> Awaitable[None] | None:
+        self.stats.handled += 1
         done = 0
         for handler in plan.inline:
             done += 1
@@ -921,16 +1032,39 @@ class Router:
             raise exc
         self._handler_failed(msg, handler, exc)
 
-    def _observe(self, seq_key: SeqKey, msg: Any) -> None:
+    def _observe(self, seq_key: SeqKey, msg: Any, plan: _Plan, released: bool) -> Any:
+        """Feed the tracker; with a :class:`~wsclient.dedup.Dedup`, judge the message first.
+
+        Returns ``_DROP`` when the message must not be delivered (a copy, or held), the stream when
+        held messages may follow it, else None.
+        """
+        dedup = self.dedup
         try:
             key = seq_key(msg)
             if key is None:
-                return
+                return _DROP if self._secondary else None
             stream, seq = key
+            if dedup is not None and not released:
+                if stream not in self._streams:
+                    self._streams.add(stream)
+                overlap = self.overlap
+                if overlap is not None:
+                    overlap.saw(stream, self._secondary)
+                judgement = dedup.judge(stream, seq, merging=self.merging)
+                if judgement is not _DELIVER:
+                    if judgement is _HOLD:
+                        dedup.hold(stream, seq, (msg, plan))
+                    return _DROP
             gap = self.sequences.observe(stream, seq)
         except Exception as exc:
             self._handler_failed(msg, seq_key, exc)
-            return
+            return None
+        self._report_gap(gap)
+        if dedup is not None and not released and dedup.has_held(stream):
+            return stream
+        return None
+
+    def _report_gap(self, gap: SequenceGap | None) -> None:
         if gap is not None:
             if self._on_gap is not None:
                 self._call_hook(self._on_gap, gap)
@@ -1028,6 +1162,72 @@ class Router:
             if suppressed is not None:
                 _log.exception("hook %s raised%s", _name(hook), LogLimiter.suffix(suppressed))
 
+    # -- overlapping links ----------------------------------------------------------------------
+
+    def dispatch_secondary(self, frame: Data) -> Awaitable[None] | None:
+        """Route a frame of the second of two overlapping links: replies to its requests, and the
+        keyed messages :attr:`dedup` lets through. The rest (copies of what the other link brings,
+        frames that would be reported twice) is ignored."""
+        if self.dispatch == self._dispatch_dirty:
+            self.rebuild()
+        msg = self._validated(frame)
+        if msg is None:
+            return None
+        plan = self._plans.get(msg.__class__)
+        if plan is None or plan.seq_key is None:
+            return None
+        self._secondary = True
+        try:
+            return self._deliver(msg, plan)
+        finally:
+            self._secondary = False
+
+    def _validated(self, frame: Data) -> Any:
+        """``frame`` as a model instance, or None (a reply, claimed; or no model): no reporting."""
+        requests = self.requests
+        try:
+            if self._validate_json is not None:
+                if (
+                    requests is not None
+                    and requests.outstanding
+                    and self._claim_reply(requests, frame, _UNDECODED)
+                ):
+                    return None
+                return self._validate_json(frame)
+            obj = self._loads(frame)
+            if requests is not None and requests.outstanding and self._claim_reply(requests, frame, obj):
+                return None
+            if self._tagger is not None:
+                validate = self._by_tag.get(self._tagger(obj))
+                return validate(obj) if validate is not None else None
+            return self._validate_python(obj) if self._validate_python is not None else None
+        except Exception:
+            return None
+
+    def begin_overlap(self, ready: asyncio.Future[None]) -> None:
+        """A second link starts carrying this router's streams: merge them until
+        :meth:`end_overlap`; ``ready`` is resolved once the second link has delivered every stream
+        this router delivers (that the de-duplicator still knows)."""
+        assert self.dedup is not None
+        last = self.sequences.last
+        self._streams = {s for s in self._streams if last(s) is not None}  # forgotten ones out
+        self.merging = True
+        self.overlap = Overlap(ready, self._streams)
+
+    def end_move(self, stream: Hashable) -> Awaitable[None] | None:
+        """A stream's move between connections is over: deliver what was held for it, in order."""
+        if self.dedup is None:
+            return None
+        return self._chain(None, [item for _, item in self.dedup.end_move(stream)])
+
+    def end_overlap(self) -> Awaitable[None] | None:
+        """The overlap is over (one link left): deliver what was held, in order, gaps reported."""
+        self.merging = False
+        self.overlap = None
+        if self.dedup is None:
+            return None
+        return self._chain(None, [item for _, item in self.dedup.release_all()])
+
     # -- connection lifecycle -------------------------------------------------------------------
 
     def connection_lost(self, exc: BaseException) -> None:
@@ -1079,7 +1279,9 @@ def _tagged_union(choices: dict[Hashable, type[BaseModel]], key: str | tuple[str
     return Annotated[Any, GetPydanticSchema(get_pydantic_core_schema=schema)]
 
 
-def _plan(model: type[BaseModel], regs: list[Registration], seq_key: SeqKey | None) -> _Plan:
+def _plan(
+    model: type[BaseModel], regs: list[Registration], seq_key: SeqKey | None, default: SeqKey | None = None
+) -> _Plan:
     handlers = tuple((reg.handler, reg.in_thread) for reg in regs)
     inline: list[Callable[[Any], Any]] = []
     for handler, in_thread in handlers:
@@ -1088,6 +1290,8 @@ def _plan(model: type[BaseModel], regs: list[Registration], seq_key: SeqKey | No
         inline.append(handler)
     if seq_key is None:
         seq_key = getattr(model, "__wsclient_seq__", None)
+    if seq_key is None:
+        seq_key = default
     return _Plan(tuple(inline), handlers, len(inline) < len(handlers), seq_key)
 
 

@@ -62,18 +62,22 @@ class Subscription:
     on the current connection, sends it.
     """
 
-    __slots__ = ("_cancel", "active", "message", "sent_on", "unsubscribe")
+    __slots__ = ("_cancel", "_delta", "active", "message", "previous_on", "sent_on", "unsubscribe")
 
     def __init__(
         self,
         message: Outgoing,
         unsubscribe: Outgoing | None,
         cancel: Callable[[Subscription], Awaitable[None]],
+        delta: Callable[[Subscription, Outgoing], bool] | None = None,
     ) -> None:
+        self._delta = delta
         self.message = message
         self.unsubscribe = unsubscribe
         self.active = True
         self.sent_on = 0
+        self.previous_on = 0
+        """The connection it went out on before :attr:`sent_on` (still live during a rotation)."""
         """The connection id the subscribe message last went out on (or is queued for); 0: none."""
         self._cancel = cancel
 
@@ -82,6 +86,14 @@ class Subscription:
         (called at every send and replay: fresh ids, the streams of the moment, a new signature)."""
         message = self.message
         return message() if callable(message) else message
+
+    def send_delta(self, message: Outgoing) -> bool:
+        """Queue ``message`` (a change to this subscription: streams added or removed) for the
+        current connection if this subscription's message went out on it; otherwise do nothing, the
+        next replay sends the whole (callable) message. Returns whether it was queued."""
+        if not self.active or self._delta is None:
+            return False
+        return self._delta(self, message)
 
     async def cancel(self) -> None:
         """Forget this subscription; send its unsubscribe message if the subscribe went out on the

@@ -35,7 +35,7 @@ from .errors import (
     TransportClosed,
 )
 from .events import Closed, Connected, ConnectFailed, Disconnected, GaveUp, HeartbeatMissed, Reconnecting
-from .inbound import Inbound
+from .inbound import Inbound, Overlapping
 from .link import Link, LinkDown
 from .outbound import Outbound
 from .policy import Backoff, classify, describe
@@ -422,7 +422,11 @@ class Supervisor:
             # Spread over the last age_jitter of the connection's life, so that links opened
             # together (a pool's shards, a fleet after an outage) do not rotate together.
             age = limits.max_connection_age * (1.0 - limits.age_jitter * random.random())
-            self._arm_age(link, max(0.0, age - limits.rotation_overlap))
+            # From the handshake, where the venue starts counting (a rotation's new link has been
+            # connected for a while when it takes over); the rotation must be over by then.
+            born = link.connected_at if link.connected_at is not None else asyncio.get_running_loop().time()
+            due = born + age - limits.rotation_overlap - asyncio.get_running_loop().time()
+            self._arm_age(link, max(0.0, due))
         self._session.counters.connects += 1
         self._log.info("connection %d open to %s", link.id, link.url)
         subprotocol = link.transport.subprotocol if link.transport is not None else None
@@ -493,20 +497,48 @@ class Supervisor:
 
     async def _rotate(self, old: Link, limit: float, age: bool = False) -> None:
         config = self._config
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
         new = self._new_link()
         receiver = self._inbound.attach(new.pong_watch)
+        overlap: Overlapping | None = None
         try:
             async with asyncio.timeout(limit):
                 await self._connect(new)
+                # With a de-duplicator both links deliver from here on, each message once.
+                overlap = self._inbound.begin_overlap(receiver)
                 new.start(receiver)
                 assert new.liveness is not None
                 self._inbound.started(receiver, new.liveness)
+                self._outbound.opening = new
                 await new.guard(self._open(new, switch=False))
+                await new.guard(self._outbound.flush_opening(new))
                 # Whatever the outbox holds goes out on the old link first, in order.
                 await self._outbound.idle()
+            if overlap is not None:
+                # Until the new link has delivered every stream the old one delivered meanwhile
+                # (its subscriptions took effect), within what is left of the bound less a share
+                # for closing the old link: an age rotation must be over before the venue's cut.
+                left = deadline - limit / 4 - loop.time()
+                if left > 0:
+                    await asyncio.wait(
+                        (overlap.ready, old.done), timeout=left, return_when=asyncio.FIRST_COMPLETED
+                    )
+                if not overlap.ready.done():
+                    self._log.info(
+                        "connection %d: switching to %d at the overlap's bound, %d stream(s) not seen "
+                        "on it yet",
+                        old.id,
+                        new.id,
+                        self._inbound.router.overlap.missing if self._inbound.router.overlap else 0,
+                    )
         except (Exception, asyncio.CancelledError) as exc:
+            self._outbound.opening = None
+            self._outbound.adopt_opening(keep=False)
             await new.shutdown()
             self._end_figures(new)
+            if overlap is not None:
+                self._inbound.end_overlap(overlap)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             self._log.warning(
@@ -517,32 +549,44 @@ class Supervisor:
                 # Still before the venue's cut (the rotation started an overlap ahead of it): try
                 # again once, half way to it.
                 assert limits.max_connection_age is not None and old.opened_at is not None
-                left = old.opened_at + limits.max_connection_age - asyncio.get_running_loop().time()
+                left = old.opened_at + limits.max_connection_age - loop.time()
                 if left > 0:
                     self._arm_age(old, left / 2)
             return
         finally:
             self._rotation = None
+            self._outbound.opening = None
         if self.link is not old or old.done.done() or self._closing:
             # The old link died (or the client closes) meanwhile: the reconnect loop takes over.
             await new.shutdown()
             self._end_figures(new)
+            if overlap is not None:
+                self._inbound.end_overlap(overlap)
             return
         # The switch: from here on the new link is the primary one.
         self.link = self._outbound.link = new
+        self._outbound.adopt_opening()
         self._inbound.activate(receiver, reconnect=True)
         self._session.counters.rotations += 1
         self._connected(new, reconnect=True)
         self._log.info("connection %d replaced by %d", old.id, new.id)
         old.done.set_result(_Rotated(new))
         try:
-            await old.stop_reading()
-            await old.close(1000, "", config.close_timeout)
+            if overlap is None:
+                await old.stop_reading()
+            # With a de-duplicator the old link is read until its close completes: what it still
+            # had in flight is delivered (copies dropped), so the hand-over loses nothing.
+            close_timeout = config.close_timeout
+            if age:
+                close_timeout = max(0.05, min(close_timeout, deadline - loop.time()))
+            await old.close(1000, "", close_timeout)
         except Exception as exc:  # a timeout included: the socket is aborted next, regardless
             self._log.debug("close handshake did not complete: %s", self._redactor.text(describe(exc)))
         finally:
             await old.shutdown()
             self._end_figures(old)
+            if overlap is not None:
+                self._inbound.end_overlap(overlap)
 
     def _arm_age(self, link: Link, delay: float) -> None:
         if self._age_timer is not None:

@@ -1,0 +1,178 @@
+"""Exactly once, in order, through overlapping connections: the de-duplicator alone, then a client
+rotating its connection against a venue that sends the same trade ids on every connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any, Literal
+
+import pytest
+
+from wsclient import Client, ClientConfig, Heartbeat, Message, SequenceGap, VenueLimits
+from wsclient.dedup import Dedup, Judgement
+from wsclient.routing import SequenceTracker
+from wsclient.testing import VenueRules, VenueServer
+
+D, X, H = Judgement.DELIVER, Judgement.DROP, Judgement.HOLD
+
+
+# -- the de-duplicator alone -----------------------------------------------------------------------------
+
+
+def feed(dedup: Dedup, events: list[tuple[str, int, bool]]) -> list[tuple[str, int]]:
+    """Run ``(stream, seq, merging)`` through ``dedup`` as the router does; what is delivered."""
+    out: list[tuple[str, int]] = []
+    for stream, seq, merging in events:
+        verdict = dedup.judge(stream, seq, merging=merging)
+        if verdict is H:
+            dedup.hold(stream, seq, seq)
+            continue
+        if verdict is X:
+            continue
+        dedup.sequences.observe(stream, seq)
+        out.append((stream, seq))
+        for item in dedup.release(stream):
+            dedup.sequences.observe(stream, item)
+            out.append((stream, item))
+    return out
+
+
+def test_copies_are_dropped_and_the_state_is_one_mark_per_stream() -> None:
+    dedup = Dedup()
+    events = [("a", n, False) for n in range(1, 101)] + [("a", n, False) for n in range(50, 101)]
+    assert feed(dedup, events) == [("a", n) for n in range(1, 101)]
+    assert dedup.dropped == 51 and dedup.held_now == 0
+    assert dedup.sequences.last("a") == 100
+
+
+def test_a_link_running_ahead_is_held_until_the_other_catches_up() -> None:
+    dedup = Dedup()
+    old = [("s", n, True) for n in range(1, 11)]
+    new = [("s", n, True) for n in range(6, 16)]
+    # The new link is ahead: 6..15 arrive while the old one is at 3.
+    events = old[:3] + new + old[3:]
+    delivered = feed(dedup, events)
+    assert delivered == [("s", n) for n in range(1, 16)], delivered
+    # 6..15 waited for 4 and 5, then followed them; the old link's 6..10 were copies by then.
+    assert dedup.held == 10 and dedup.dropped == 5 and dedup.held_now == 0
+
+
+def test_the_end_of_an_overlap_delivers_what_is_held_with_its_gap() -> None:
+    dedup = Dedup()
+    assert feed(dedup, [("s", 1, True), ("s", 2, True), ("s", 5, True), ("s", 6, True)]) == [("s", 1), ("s", 2)]
+    released = dedup.release_all()
+    assert [item for _, item in released] == [5, 6]
+    for _, item in released:
+        dedup.sequences.observe("s", item)
+    assert dedup.sequences.gaps == 1 and dedup.sequences.missing == 2
+
+
+def test_outside_an_overlap_a_gap_is_delivered_at_once() -> None:
+    dedup = Dedup()
+    assert feed(dedup, [("s", 1, False), ("s", 5, False)]) == [("s", 1), ("s", 5)]
+    assert dedup.held_now == 0
+
+
+def test_a_reset_is_delivered_not_taken_for_a_copy() -> None:
+    dedup = Dedup(SequenceTracker(start=1, max_replay=100))
+    assert feed(dedup, [("s", n, False) for n in range(500, 503)] + [("s", 1, False), ("s", 2, False)]) == [
+        ("s", 500),
+        ("s", 501),
+        ("s", 502),
+        ("s", 1),
+        ("s", 2),
+    ]
+
+
+def test_moves_merge_one_stream_and_the_hold_is_bounded() -> None:
+    dedup = Dedup(max_held=3)
+    feed(dedup, [("m", 1, False), ("other", 1, False)])
+    dedup.begin_move("m")
+    assert dedup.merging("m") and not dedup.merging("other")
+    assert feed(dedup, [("m", n, False) for n in (4, 5, 6, 7)]) == [("m", 7)]  # 3 held, then full
+    assert dedup.overflowed == 1
+    assert feed(dedup, [("other", 9, False)]) == [("other", 9)], "not moving: a plain gap"
+    assert [item for _, item in dedup.end_move("m")] == [], "4..6 are below 7 now: copies"
+    assert dedup.held_now == 0
+
+
+# -- a client rotating its connection (real sockets) ----------------------------------------------------------
+
+
+class Trade(Message):
+    e: Literal["trade"]
+    s: str
+    t: int
+    p: str
+    q: str
+
+
+def contiguous(seen: dict[str, list[int]]) -> dict[str, str]:
+    """Streams whose delivered ids are not exactly first..last once each, with what is wrong."""
+    bad = {}
+    for stream, ids in seen.items():
+        if ids != list(range(ids[0], ids[0] + len(ids))):
+            dups = len(ids) - len(set(ids))
+            bad[stream] = f"{len(ids)} ids, {dups} duplicates, first {ids[:5]}, last {ids[-5:]}"
+    return bad
+
+
+async def until(predicate: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # bounded by the timeout
+            await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("backend", ["websockets", "picows"])
+async def test_rotations_deliver_every_trade_exactly_once_in_order(backend: str) -> None:
+    streams = [f"s{i:02d}@trade" for i in range(8)]
+    async with VenueServer(VenueRules(), rate=400) as venue:
+        client = Client(
+            venue.url,
+            config=ClientConfig(
+                discriminator="e", heartbeat=Heartbeat(interval=5, timeout=4), transport=backend
+            ),
+            dedup_key=lambda m: (m.s, m.t),
+        )
+        seen: dict[str, list[int]] = defaultdict(list)
+        client.on(Trade, lambda m: seen[m.s].append(m.t))
+        gaps: list[SequenceGap] = []
+        client.on_gap(gaps.append)
+        client.subscribe({"method": "SUBSCRIBE", "params": streams, "id": 1})
+        async with client:
+            await until(lambda: len(seen) == len(streams) and min(len(v) for v in seen.values()) >= 20)
+            for round_ in range(1, 4):
+                assert client.rotate(overlap=3.0)
+                await until(lambda r=round_: client.stats.rotations == r and len(venue.connections) == 1)
+                mark = {s: len(v) for s, v in seen.items()}
+                await until(lambda m=mark: all(len(seen[s]) >= m[s] + 20 for s in streams))
+            stats = client.stats
+    assert not contiguous(seen), contiguous(seen)
+    assert gaps == [], gaps
+    assert stats.duplicates_dropped > 0, "the overlaps were real: copies arrived and were dropped"
+    assert venue.total_violations == 0
+
+
+async def test_age_rotations_keep_the_feed_whole_under_a_venue_that_cuts() -> None:
+    streams = [f"a{i}@trade" for i in range(4)]
+    rules = VenueRules(max_connection_age=1.2, age_cut="abort")
+    limits = VenueLimits(max_connection_age=1.2, age_jitter=0.2, rotation_overlap=0.4, margin=0.0)
+    async with VenueServer(rules, rate=300) as venue:
+        client = Client(
+            venue.url,
+            config=ClientConfig(discriminator="e", heartbeat=Heartbeat(interval=5, timeout=4), limits=limits),
+            dedup_key=lambda m: (m.s, m.t),
+        )
+        seen: dict[str, list[int]] = defaultdict(list)
+        client.on(Trade, lambda m: seen[m.s].append(m.t))
+        gaps: list[SequenceGap] = []
+        client.on_gap(gaps.append)
+        client.subscribe({"method": "SUBSCRIBE", "params": streams, "id": 1})
+        async with client:
+            await until(lambda: client.stats.rotations >= 3, timeout=15)
+            stats = client.stats
+    assert venue.age_cuts == 0, "every connection was replaced before the venue cut it"
+    assert stats.connects == stats.rotations + 1, "no reconnect: only rotations"
+    assert not contiguous(seen), contiguous(seen)
+    assert gaps == []
