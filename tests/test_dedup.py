@@ -60,7 +60,10 @@ def test_a_link_running_ahead_is_held_until_the_other_catches_up() -> None:
 
 def test_the_end_of_an_overlap_delivers_what_is_held_with_its_gap() -> None:
     dedup = Dedup()
-    assert feed(dedup, [("s", 1, True), ("s", 2, True), ("s", 5, True), ("s", 6, True)]) == [("s", 1), ("s", 2)]
+    assert feed(dedup, [("s", 1, True), ("s", 2, True), ("s", 5, True), ("s", 6, True)]) == [
+        ("s", 1),
+        ("s", 2),
+    ]
     released = dedup.release_all()
     assert [item for _, item in released] == [5, 6]
     for _, item in released:
@@ -97,7 +100,7 @@ def test_moves_merge_one_stream_and_the_hold_is_bounded() -> None:
     assert dedup.held_now == 0
 
 
-# -- a client rotating its connection (real sockets) ----------------------------------------------------------
+# -- a client rotating its connection (real sockets) ------------------------------------------------------
 
 
 class Trade(Message):
@@ -118,10 +121,13 @@ def contiguous(seen: dict[str, list[int]]) -> dict[str, str]:
     return bad
 
 
+STEP = 0.005
+
+
 async def until(predicate: Any, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
-        while not predicate():  # bounded by the timeout
-            await asyncio.sleep(0.005)
+        while not predicate():  # noqa: ASYNC110 - polls what the handlers recorded; bounded by the timeout
+            await asyncio.sleep(STEP)
 
 
 @pytest.mark.parametrize("backend", ["websockets", "picows"])

@@ -37,6 +37,7 @@ from .events import (
     MessageDropped,
     Reconnecting,
 )
+from .pool import Pool, PoolStats, ShardInfo, StreamStale
 from .resync import (
     BufferOverflow,
     CallbackFailed,
@@ -85,6 +86,8 @@ __all__ = [
     "MessageDropped",
     "OutboxFullError",
     "PeerNotReading",
+    "Pool",
+    "PoolStats",
     "Reconnect",
     "Reconnecting",
     "RefreshFailed",
@@ -95,6 +98,8 @@ __all__ = [
     "ResyncOutcome",
     "ResyncStats",
     "SequenceGap",
+    "ShardInfo",
+    "StreamStale",
     "Subscription",
     "Synced",
     "TransportClosed",

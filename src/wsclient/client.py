@@ -305,6 +305,10 @@ class Client:
         """Wait until what the outbox held when called has been handed to the socket (or dropped)."""
         await self._outbound.idle()
 
+    def has_seen(self, stream: Hashable) -> bool:
+        """Whether a message of ``stream`` (by ``dedup_key``) has arrived on this client."""
+        return self._inbound.has_router and self._inbound.router.has_seen(stream)
+
     def end_move(self, stream: Hashable) -> None:
         """A stream this client took over from another one sharing its de-duplicator (a pool's
         move) has left the other one: deliver, in order, what was held for it."""

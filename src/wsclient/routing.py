@@ -1204,6 +1204,10 @@ class Router:
         except Exception:
             return None
 
+    def has_seen(self, stream: Hashable) -> bool:
+        """Whether a keyed message of ``stream`` reached this router (with a de-duplicator)."""
+        return stream in self._streams
+
     def begin_overlap(self, ready: asyncio.Future[None]) -> None:
         """A second link starts carrying this router's streams: merge them until
         :meth:`end_overlap`; ``ready`` is resolved once the second link has delivered every stream
