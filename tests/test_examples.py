@@ -27,6 +27,12 @@ EXPECTED = {
         "pauses=1 ",
         "connects=2 requests_pending=0",
     ],
+    "many_streams.py": [
+        "shards: [60, 60, 30]",
+        "copies delivered=0",
+        "every stream exactly once, in order: True",
+        "venue: violations=0 age cuts=0",
+    ],
     "behind_nginx.py": [
         "disconnected: connection closed with code 1006",
         "with heartbeat: the proxy cut the link 0 time(s), 0 disconnect(s)",
