@@ -36,7 +36,17 @@ class Dedup:
     message ahead is delivered with its gap reported rather than held.
     """
 
-    __slots__ = ("_held", "_held_count", "_moving", "dropped", "held", "max_held", "overflowed", "sequences")
+    __slots__ = (
+        "_held",
+        "_moving",
+        "calm",
+        "dropped",
+        "held",
+        "holding",
+        "max_held",
+        "overflowed",
+        "sequences",
+    )
 
     def __init__(self, sequences: SequenceTracker | None = None, *, max_held: int = 100_000) -> None:
         if max_held < 0:
@@ -44,7 +54,10 @@ class Dedup:
         self.sequences = sequences if sequences is not None else SequenceTracker()
         self.max_held = max_held
         self._held: dict[Hashable, dict[int, Any]] = {}
-        self._held_count = 0
+        self.holding = 0
+        """Messages held at the moment, over all streams."""
+        self.calm = True
+        """Nothing held and no stream being moved: the router's fast path applies."""
         self._moving: dict[Hashable, int] = {}
         self.dropped = 0
         """Copies not delivered."""
@@ -58,6 +71,7 @@ class Dedup:
     def begin_move(self, stream: Hashable) -> None:
         """``stream`` is about to arrive on a second link (moved between connections)."""
         self._moving[stream] = self._moving.get(stream, 0) + 1
+        self.calm = False
 
     def end_move(self, stream: Hashable) -> list[tuple[Hashable, Any]]:
         """The move of ``stream`` is over; what was held for it, to deliver now (in order)."""
@@ -66,7 +80,14 @@ class Dedup:
             self._moving[stream] = count
             return []
         self._moving.pop(stream, None)
-        return self.release_all((stream,))
+        released = self.release_all((stream,))
+        self._settle()
+        return released
+
+    @property
+    def moving(self) -> bool:
+        """Whether any stream is being moved between links."""
+        return bool(self._moving)
 
     def merging(self, stream: Hashable) -> bool:
         """Whether ``stream`` is being moved between links."""
@@ -85,7 +106,7 @@ class Dedup:
                 return Judgement.DELIVER
             self.dropped += 1
             return Judgement.DROP
-        if (merging or stream in self._moving) and self._held_count < self.max_held:
+        if (merging or stream in self._moving) and self.holding < self.max_held:
             return Judgement.HOLD
         if merging or stream in self._moving:
             self.overflowed += 1
@@ -100,7 +121,8 @@ class Dedup:
             self.dropped += 1  # both links brought it ahead of the stream: a copy
             return
         held[seq] = item
-        self._held_count += 1
+        self.holding += 1
+        self.calm = False
 
     def has_held(self, stream: Hashable) -> bool:
         """Whether messages of ``stream`` are held."""
@@ -108,8 +130,8 @@ class Dedup:
 
     @property
     def held_now(self) -> int:
-        """Messages held at the moment, over all streams."""
-        return self._held_count
+        """Messages held at the moment, over all streams (:attr:`holding`)."""
+        return self.holding
 
     def release(self, stream: Hashable) -> list[Any]:
         """The held messages that now continue ``stream``, in order (removed from the hold); copies
@@ -121,16 +143,17 @@ class Dedup:
         out: list[Any] = []
         for seq in [s for s in held if s <= last]:
             del held[seq]
-            self._held_count -= 1
+            self.holding -= 1
             self.dropped += 1
         expected = last + 1
         while expected in held:  # bounded by the number held
             out.append(held.pop(expected))
-            self._held_count -= 1
+            self.holding -= 1
             expected += 1
         if not held:
             del self._held[stream]
         self.held += len(out)
+        self._settle()
         return out
 
     def release_all(self, streams: tuple[Hashable, ...] | None = None) -> list[tuple[Hashable, Any]]:
@@ -143,7 +166,7 @@ class Dedup:
             held = self._held.pop(stream, None)
             if not held:
                 continue
-            self._held_count -= len(held)
+            self.holding -= len(held)
             last = self.sequences.last(stream)
             for seq in sorted(held):
                 if last is not None and seq <= last:
@@ -152,15 +175,20 @@ class Dedup:
                 out.append((stream, held[seq]))
                 last = seq
         self.held += len(out)
+        self._settle()
         return out
 
     def forget(self, stream: Hashable) -> None:
         """Drop what is known of ``stream`` (unsubscribed for good): its mark and anything held."""
         held = self._held.pop(stream, None)
         if held:
-            self._held_count -= len(held)
+            self.holding -= len(held)
         self._moving.pop(stream, None)
         self.sequences.forget(stream)
+        self._settle()
+
+    def _settle(self) -> None:
+        self.calm = not self.holding and not self._moving
 
     def __repr__(self) -> str:
-        return f"<Dedup dropped={self.dropped} held_now={self._held_count} moving={len(self._moving)}>"
+        return f"<Dedup dropped={self.dropped} held_now={self.holding} moving={len(self._moving)}>"

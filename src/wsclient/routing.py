@@ -861,7 +861,8 @@ class Router:
         requests = self.requests
         pending: dict[Hashable, Any] = requests.outstanding if requests is not None else {}
         claim_reply, rejected, invalid = self._claim_reply, self._rejected, self._invalid
-        deliver, failed, finish = self._deliver, self._handler_failed, self._finish
+        failed, finish = self._handler_failed, self._finish
+        deliver: Callable[[Any, _Plan], Awaitable[None] | None] = self._deliver
         isawaitable = inspect.isawaitable
         # model -> (its handler when it is the only one, plain sync, with no sequence key; the plan).
         # That common case skips _deliver(): a method call is a tenth of this path's budget.
@@ -877,6 +878,9 @@ class Router:
         deferred_only = frozenset(
             model for model, plan in self._plans.items() if not plan.inline and plan.seq_key is None
         )
+
+        if self.dedup is not None:
+            deliver = self._compile_keyed(deliver)
 
         def dispatch(frame: Data) -> Awaitable[None] | None:
             if router.dispatch is not dispatch:  # kept by a caller across a registration change
@@ -907,6 +911,61 @@ class Router:
             return None
 
         return dispatch
+
+    def _compile_keyed(
+        self, general: Callable[[Any, _Plan], Awaitable[None] | None]
+    ) -> Callable[[Any, _Plan], Awaitable[None] | None]:
+        """Delivery with a de-duplicator, for the common case written out: the next number of a
+        stream, no overlap running, nothing held, a single sync handler. Anything else takes the
+        general path (:meth:`_deliver`)."""
+        router = self
+        dedup = self.dedup
+        assert dedup is not None
+        tracker = self.sequences
+        marks, after_reconnect = tracker._last, tracker._after_reconnect
+        seen = self._streams
+        stats = self.stats
+        failed, finish, run = self._handler_failed, self._finish, self._run
+        isawaitable = inspect.isawaitable
+        singles = {
+            model: plan.inline[0]
+            for model, plan in self._plans.items()
+            if len(plan.handlers) == 1 and plan.inline
+        }
+
+        def deliver(msg: Any, plan: _Plan) -> Awaitable[None] | None:
+            seq_key = plan.seq_key
+            if seq_key is None or not dedup.calm or router.overlap is not None:
+                return general(msg, plan)
+            try:
+                key = seq_key(msg)
+            except Exception:
+                return general(msg, plan)  # reports it
+            if key is None:
+                return general(msg, plan)
+            stream, seq = key
+            last = marks.get(stream)
+            if last is None or seq != last + 1:
+                return general(msg, plan)
+            marks[stream] = seq
+            if after_reconnect:
+                after_reconnect.discard(stream)
+            if stream not in seen:
+                seen.add(stream)
+            handler = singles.get(msg.__class__)
+            if handler is None:
+                return run(msg, plan)
+            stats.handled += 1
+            try:
+                result = handler(msg)
+            except SYNC_HANDLER_FAILURES as exc:
+                failed(msg, handler, exc)
+                return None
+            if result is not None and isawaitable(result):
+                return finish(msg, plan.handlers, 1, result)
+            return None
+
+        return deliver
 
     def _dispatch_decoded(self, frame: Data) -> Awaitable[None] | None:
         """The path through Python values: custom codecs, callable tags, predicate-only routers."""
@@ -951,8 +1010,9 @@ class Router:
         return True
 
     def _deliver(self, msg: Any, plan: _Plan, released: bool = False) -> Awaitable[None] | None:
-        if plan.seq_key is not None:
-            stream = self._observe(plan.seq_key, msg, plan, released)
+        seq_key = plan.seq_key
+        if seq_key is not None:
+            stream = self._observe(seq_key, msg, plan, released)
             if stream is _DROP:
                 return None
             if stream is not None:
@@ -1214,7 +1274,8 @@ class Router:
         this router delivers (that the de-duplicator still knows)."""
         assert self.dedup is not None
         last = self.sequences.last
-        self._streams = {s for s in self._streams if last(s) is not None}  # forgotten ones out
+        # Forgotten ones out, in place: the compiled delivery holds this set.
+        self._streams.difference_update([s for s in self._streams if last(s) is None])
         self.merging = True
         self.overlap = Overlap(ready, self._streams)
 
