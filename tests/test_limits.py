@@ -84,7 +84,7 @@ def test_profiles_are_plain_data_and_build() -> None:
         assert isinstance(VenueLimits.profile(name), VenueLimits)
     binance = VenueLimits.binance_spot()
     assert binance.streams_per_connection == 1024 and binance.messages_per_second == 5
-    assert binance.count_control_frames and binance.reserve == 1
+    assert binance.count_control_frames and binance.reserve == 2
     assert binance.connects_per_window == 300 and binance.connect_window == 300
     assert binance.max_connection_age == 24 * 3600
     assert VenueLimits.okx().subscribes_per_hour == 480 and VenueLimits.okx().connects_per_window == 3

@@ -167,6 +167,9 @@ VENUE_PROFILES: dict[str, dict[str, Any]] = {
         "subscribe_batch": 200,
         "messages_per_second": 5,
         "count_control_frames": True,  # pings and pongs count towards the 5 per second
+        # One slot for the client's ping, one for its pong to the venue's own ping (every 20 s),
+        # which the transport sends by itself and which may fall in the same second.
+        "heartbeat_reserve": 2,
         "connects_per_window": 300,
         "connect_window": 300.0,
         "max_connection_age": 24 * 3600.0,
