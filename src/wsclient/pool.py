@@ -468,10 +468,15 @@ class Pool:
         wake = self._wake
         while self._state == "running":  # ends with close(), which cancels the task
             wake.clear()
-            await self._reconcile()
-            every = self._check_every()
-            if every is not None:
-                self._check_stale()
+            try:
+                await self._reconcile()
+                every = self._check_every()
+                if every is not None:
+                    self._check_stale()
+            except Exception:
+                # A bug here must not leave the pool unattended: logged, and tried again.
+                logger.exception("pool maintenance failed")
+                every = 1.0
             try:
                 async with asyncio.timeout(every):
                     await wake.wait()
