@@ -35,7 +35,8 @@ test: lint typecheck peers
 	$(BIN)/python -m pytest
 
 # Benchmarks against the peers (not part of `make test`): benchmarks/results/latest.md + PNG charts.
-# `make bench QUICK=1` for 100k messages and 3 rounds; N=... messages; BENCH_ARGS="--only throughput".
+# `make bench QUICK=1` for 100k messages and 3 rounds; N=... messages; BENCH_ARGS="--only throughput"
+# (measures: throughput, latency, deadlink, idle, pool).
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(BIN)/python pyproject.toml

@@ -5,7 +5,8 @@ another's warm caches, heap or event loop. The spec names the measure and the va
 prints one line ``RESULT {json}`` at the end (``ok``, the figures, or ``skipped``/``error``).
 
 Variants per measure (``VARIANTS``) are functions of the same shape; every typed variant validates
-with the same ``TypeAdapter`` (benchmarks/models.py) and hands the message to the same handler.
+with the same ``TypeAdapter`` (benchmarks/models.py) and hands the message to the same handler. The
+Pool's measures live in benchmarks/pool.py.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks import pool
 from benchmarks.models import ADAPTER, MODELS, End, LatencySink, Sink
 from benchmarks.profiling import profiled
 from benchmarks.proxy import BlackholeProxy
@@ -787,6 +789,9 @@ MEASURES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "latency": latency,
     "deadlink": deadlink,
     "idle": idle,
+    "pool_throughput": pool.pool_throughput,
+    "resubscribe": pool.resubscribe,
+    "dedup_memory": pool.dedup_memory,
 }
 
 

@@ -8,6 +8,10 @@ with Decimal prices as strings. The ``ts`` field is a fixed-width slot (20 chara
 right-aligned with leading spaces, which JSON allows) so that a server can stamp a pre-encoded frame
 with ``time.monotonic_ns()`` at write time without changing its length or header. The stream ends
 with an ``{"type":"end",...}`` marker frame.
+
+The pool benchmark's venue-like feed is different: Binance-shaped trades of ~160 bytes on streams named
+``sNN@trade`` (:func:`trade_streams`), trade ids ``t`` contiguous from 1 on every stream
+(:func:`trade_frames`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ __all__ = [
     "stamp",
     "stream_chunks",
     "templates",
+    "trade_frames",
+    "trade_streams",
 ]
 
 STAMP_WIDTH = 20
@@ -138,3 +144,40 @@ def stream_chunks(n: int, seed: int = 1, chunk_size: int = 256 * 1024) -> tuple[
     buf += frame(end_payload(n))
     chunks.append(bytes(buf))
     return chunks, payload_bytes / max(1, n)
+
+
+# ------------------------------------------------------------------------------ the pool's trade feed
+
+#: First trade time of the pool feed (ms since the epoch); ``E`` and ``T`` count up from it.
+TRADE_EPOCH_MS = 1_732_500_000_000
+
+
+def trade_streams(count: int) -> list[str]:
+    """The names of ``count`` trade streams: ``s00@trade``, ``s01@trade``, …"""
+    width = max(2, len(str(count - 1)))
+    return [f"s{i:0{width}d}@trade" for i in range(count)]
+
+
+def trade_frames(streams: list[str], per_stream: int, seed: int = 1) -> dict[str, list[bytes]]:
+    """Each stream's ``per_stream`` trade frames (header and payload), trade ids 1..per_stream.
+
+    A payload is a Binance-like trade of ~160 bytes: ``{"e":"trade","E":…,"s":"s07@trade","t":17,
+    "p":"43012.50000000","q":"0.01300000","b":…,"a":…,"T":…,"m":true,"M":true}``.
+    """
+    rng = random.Random(seed)
+    out: dict[str, list[bytes]] = {}
+    for n, stream in enumerate(streams):
+        price = rng.uniform(10.0, 60_000.0)
+        order = 10**10 + n * 10**7
+        frames: list[bytes] = []
+        for t in range(1, per_stream + 1):
+            price *= 1 + rng.uniform(-0.0005, 0.0005)
+            ms = TRADE_EPOCH_MS + t
+            payload = (
+                f'{{"e":"trade","E":{ms + 3},"s":"{stream}","t":{t},"p":"{price:.8f}",'
+                f'"q":"{rng.uniform(0.0001, 5.0):.8f}","b":{order + 2 * t},"a":{order + 2 * t + 1},'
+                f'"T":{ms},"m":{"true" if rng.random() < 0.5 else "false"},"M":true}}'
+            ).encode()
+            frames.append(frame(payload))
+        out[stream] = frames
+    return out

@@ -17,6 +17,9 @@ from typing import Any
 __all__ = ["goals", "typed_key", "write"]
 
 BASELINE = "baseline"
+POOL_BASELINE = "bare"
+POOL_EFFICIENCY = 0.90  # the pool's CPU per message at most bare's / 0.9
+DEDUP_MAX_B = 200  # bytes of de-duplicator state per stream
 KIB = 1024
 Results = dict[str, Any]
 
@@ -221,6 +224,7 @@ def goals(results: Results) -> list[dict[str, Any]]:
                             "from the start of the successful attempt",
                         )
                     )
+    out += pool_goals(results)
     mem = results.get("idle", {}).get("memory", {})
     for comp in ("off", "on"):
         w, b = mem.get(f"wsclient|{comp}"), mem.get(f"websockets|{comp}")
@@ -237,6 +241,68 @@ def goals(results: Results) -> list[dict[str, Any]]:
                 diff <= 4.0,
                 f"{4.0 - diff:+.1f} KiB headroom" if diff <= 4.0 else f"{diff - 4.0:.1f} KiB over",
                 "1,000 connections, RSS delta / 1000",
+            )
+        )
+    return out
+
+
+def pool_goals(results: Results) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    pool = results.get("pool", {})
+    tp = pool.get("throughput", {})
+    if has_runs(tp, "pool") and has_runs(tp, POOL_BASELINE):
+        base, row = tp[POOL_BASELINE], tp["pool"]
+        # Efficiency: bare's CPU per message over the pool's, per round (1.0: the pool costs nothing).
+        eff = paired(base, row, "cpu_us_per_msg", "/")
+        if eff is not None:
+            out.append(
+                _goal(
+                    "pool_efficiency",
+                    "pool: CPU per message, 100 streams over 4 connections, dedup on",
+                    f"≥ {POOL_EFFICIENCY:.2f}× bare (CPU/msg ≤ bare ÷ {POOL_EFFICIENCY:g})",
+                    f"{eff:.3f}× ({fmt(med(field(row, 'cpu_us_per_msg')))} vs "
+                    f"{fmt(med(field(base, 'cpu_us_per_msg')))} µs/msg)",
+                    eff >= POOL_EFFICIENCY,
+                    f"{eff - POOL_EFFICIENCY:+.3f}× vs target",
+                    row["label"],
+                )
+            )
+    resub = pool.get("resubscribe", {})
+    rows = resub.get("rows", {})
+    runs = [r for row in rows.values() for r in row.get("runs", [])]
+    if runs:
+        tol = resub["tolerance"]
+        worst = max(r["over_floor_s"] for r in runs)
+        violations = sum(r["total_violations"] for r in runs)
+        failed = sum(len(row.get("errors", [])) for row in rows.values())
+        met = worst <= tol and violations == 0 and not failed
+        margin = f"{(tol - worst) * 1000:+.0f} ms (worst run)"
+        if violations or failed:
+            margin += f"; {violations} violations, {failed} failed runs"
+        out.append(
+            _goal(
+                "pool_resubscribe",
+                f"pool: {resub['streams']:,} streams resubscribed after a venue restart "
+                f"({resub['messages_per_second']} msg/s budget)",
+                f"≤ floor + {tol:g} s, 0 violations",
+                f"worst {worst * 1000:+.0f} ms vs floor, {violations} violations",
+                met,
+                margin,
+                f"{len(rows)} layouts, every round",
+            )
+        )
+    mem = pool.get("dedup", {})
+    if mem.get("ok"):
+        worst_b = max(mem["steady_b"], mem["after_overlap_b"])
+        out.append(
+            _goal(
+                "dedup_memory",
+                f"pool: de-duplicator state per stream ({mem['streams']:,} streams)",
+                f"≤ {DEDUP_MAX_B} B/stream",
+                f"{mem['steady_b']:.0f} B; {mem['after_overlap_b']:.0f} B after an overlap",
+                worst_b <= DEDUP_MAX_B,
+                f"{DEDUP_MAX_B - worst_b:+.0f} B (worst state)",
+                "tracemalloc, key strings included",
             )
         )
     return out
@@ -413,6 +479,54 @@ def chart_memory(results: Results, path: Path) -> bool:
     conns = results["idle"].get("conns", 0)
     ax.set_title(f"Memory per idle connection ({conns:,} connections, RSS delta / {conns:,})")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def chart_pool(results: Results, path: Path) -> bool:
+    pool = results.get("pool", {})
+    tp = pool.get("throughput", {})
+    rows = [(k, r) for k, r in tp.items() if r.get("runs")]
+    resub = pool.get("resubscribe", {}).get("rows", {})
+    cases = [(k, r) for k, r in resub.items() if r.get("runs")]
+    if not rows and not cases:
+        return False
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    if rows:
+        cpu = [med(field(r, "cpu_us_per_msg")) or 0.0 for _, r in rows]
+        colors = ["#555555" if k == POOL_BASELINE else "#1f77b4" for k, _ in rows]
+        x = list(range(len(rows)))
+        ax1.bar(x, cpu, color=colors)
+        for xi, v in zip(x, cpu, strict=True):
+            ax1.text(xi, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+        base = med(field(tp.get(POOL_BASELINE), "cpu_us_per_msg"))
+        top = max(cpu)
+        if base is not None:
+            limit = base / POOL_EFFICIENCY
+            top = max(top, limit)
+            ax1.axhline(limit, color="#d62728", ls="--", lw=1, label=f"goal: ≤ bare ÷ {POOL_EFFICIENCY:g}")
+            ax1.legend(fontsize=8, loc="upper left")
+        ax1.set_ylim(0, top * 1.2)
+        ax1.set_xticks(x, [textwrap.fill(r["label"], 22) for _, r in rows], fontsize=7)
+        ax1.set_ylabel("client CPU µs per message (median)")
+        ax1.set_title(f"{pool.get('n', 0):,} trades on {pool.get('streams', 0)} streams")
+    if cases:
+        x = list(range(len(cases)))
+        floor = [r["runs"][0]["floor"]["floor_s"] for _, r in cases]
+        measured = [med(field(r, "resubscribe_s")) or 0.0 for _, r in cases]
+        ax2.bar([i - 0.2 for i in x], floor, 0.4, label="floor the limits allow", color="#bbbbbb")
+        ax2.bar([i + 0.2 for i in x], measured, 0.4, label="measured (median)", color="#2ca02c")
+        for i in x:
+            ax2.text(i + 0.2, measured[i], f"{measured[i]:.2f}", ha="center", va="bottom", fontsize=8)
+        names = [k.replace("|", " per conn.\nbatch ") for k, _ in cases]
+        ax2.set_xticks(x, names, fontsize=8)
+        ax2.set_ylabel("seconds from the restart to all streams subscribed")
+        ax2.set_title("resubscribe 1,000 streams under 5 msg/s per connection")
+        ax2.legend(fontsize=8)
+    fig.suptitle("Pool")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -671,6 +785,163 @@ def md_idle(results: Results) -> list[str]:
     return lines
 
 
+def md_pool(results: Results) -> list[str]:
+    pool = results["pool"]
+    lines = ["## 5. Pool", ""]
+    tp = pool.get("throughput", {})
+    if tp:
+        base = tp.get(POOL_BASELINE)
+        lines += [
+            f"**Throughput.** The server's `/trades` path plays a venue: {pool['streams']} trade streams "
+            f"(`sNN@trade`, Binance-shaped trades of ~160 B, ids contiguous from 1), {pool['per_stream']:,} "
+            f"trades each, {pool['n']:,} in all. A connection subscribes with "
+            '`{"method":"SUBSCRIBE","params":[...],"id":n}`; once the run\'s connections together '
+            "subscribed to every stream, each gets the trades of its own streams, interleaved, "
+            "pre-encoded and written in 256 KiB blocks, all connections at the same moment. Every "
+            "variant validates each trade into the same pydantic `Trade` model (Decimal price and "
+            "quantity) and calls the same handler, which counts and checks that each stream's ids follow "
+            "on (nothing lost, copied or reordered, checked at the end of every run). The pool has "
+            "`streams_per_connection=25`, one subscribe message per connection. *CPU µs/msg* is the "
+            "client process's `time.process_time()` from its first message to its last, divided by the "
+            "messages: the goal is on it rather than on the rate, which a machine shared with other "
+            "jobs blurs more. *Efficiency* is bare's CPU per message over the variant's, per round "
+            "(median).",
+            "",
+        ]
+        table = []
+        for key, row in tp.items():
+            rates = field(row, "rate")
+            if not rates:
+                continue
+            cpu = field(row, "cpu_us_per_msg")
+            table.append(
+                [
+                    f"**{row['label']}**" if key == POOL_BASELINE else row["label"],
+                    f"{med(rates):,.0f}",
+                    f"{min(rates):,.0f} – {max(rates):,.0f}",
+                    fmt(med(cpu), ".2f"),
+                    f"{min(cpu):.2f} – {max(cpu):.2f}",
+                    "–"
+                    if key == POOL_BASELINE
+                    else fmt(paired(base, row, "cpu_us_per_msg", "/"), ".3f", "×"),
+                    "–" if key == POOL_BASELINE else fmt(paired(row, base, "rate", "/"), ".3f", "×"),
+                    fmt(med([100 * v for v in field(row, "cpu_share")]), ".0f", " %"),
+                    fmt(med(field(row, "server_cpu_pct")), ".1f", " %"),
+                ]
+            )
+        lines += _table(
+            [
+                "variant",
+                "msgs/s (median)",
+                "range",
+                "CPU µs/msg",
+                "CPU range",
+                "efficiency vs bare",
+                "rate × bare",
+                "client CPU busy",
+                "server CPU",
+            ],
+            table,
+        )
+        lines += ["", *_skips(tp), ""]
+    resub = pool.get("resubscribe", {})
+    rows = resub.get("rows", {})
+    if rows:
+        lines += [
+            f"**Resubscribe.** A pool of {resub['streams']:,} streams against an in-process `VenueServer` "
+            f"(same process as the pool: this is a time, not a CPU measure) enforcing "
+            f"{resub['messages_per_second']} messages per second per connection (pings counted) and "
+            f"{resub['connects_per_window']} connects per {resub['connect_window']:g} s; the pool's "
+            f"`VenueLimits` say the same, with `heartbeat_reserve=1` and the default 10 % margin; "
+            f"`Reconnect(initial_delay={resub['backoff']:g}, jitter=0)`. The streams trade once a second "
+            "each. Once every stream is subscribed and the windows are empty again, the venue restarts "
+            "(every connection reset, listening again at once); the time runs until the venue sees every "
+            "stream subscribed again, once. The **floor** is what the limits allow: each shard replays "
+            "⌈streams / batch⌉ subscribe messages, of which a new connection may send "
+            "`messages_per_second − reserve` at once and as many again per window × (1 + margin); each "
+            "shard first waits the backoff, then its turn at the connect gate (the gate's first slots "
+            "going to the shards with the most messages); handshakes count as instant. Goal: every run "
+            f"within floor + {resub['tolerance']:g} s (the handshakes, the event loop shared with the "
+            "venue), with no violation at the venue.",
+            "",
+        ]
+        table = []
+        for row in rows.values():
+            runs = row.get("runs", [])
+            if not runs:
+                continue
+            fl = runs[0]["floor"]
+            measured = field(row, "resubscribe_s")
+            over = field(row, "over_floor_s")
+            opened = [max(r["opened_after_s"]) for r in runs if r.get("opened_after_s")]
+            table.append(
+                [
+                    row["label"],
+                    f"{fl['shards']} × {fl['messages_per_shard']}",
+                    f"{fl['floor_s']:.2f} s = {fl['backoff_s']:g} + {fl['gate_s']:g} + {fl['pacing_s']:g}",
+                    f"{med(measured):.3f} s",
+                    f"{min(measured):.3f} – {max(measured):.3f} s",
+                    f"{max(over) * 1000:+.0f} ms",
+                    str(sum(r["total_violations"] for r in runs)),
+                    fmt(med(opened), ".2f", " s"),
+                ]
+            )
+        lines += _table(
+            [
+                "layout",
+                "shards × subscribe messages",
+                "floor = backoff + gate + pacing",
+                "measured (median)",
+                "range",
+                "worst vs floor",
+                "violations",
+                "last shard open",
+            ],
+            table,
+        )
+        lines += ["", *_skips(rows), ""]
+    mem = pool.get("dedup", {})
+    if mem.get("ok"):
+        tables = ", ".join(f"`{k}` {v:.0f} B" for k, v in mem["tables_b"].items())
+        lines += [
+            f"**De-duplicator memory.** tracemalloc of one `Dedup` and its `SequenceTracker` (what a pool "
+            f"shares over its shards), driven as the router drives them: {mem['streams']:,} streams saw "
+            f"{mem['messages_per_stream']} trades each (stream names and trade ids above 2³⁰ made afresh "
+            "per message, as parsing makes them); then a reconnect and a move of every stream to another "
+            "link, the new link three trades ahead (held), the old one bringing the next, the held ones "
+            "released in order, the move ended, four more trades each. Counts are deterministic: one "
+            f"run. Goal ≤ {DEDUP_MAX_B} B per stream in both states, key strings included: a few words "
+            "per stream (the key, its mark, their hash-table slots) and room for nothing per message.",
+            "",
+        ]
+        lines += _table(
+            ["state", "bytes per stream", f"for {mem['streams']:,} streams"],
+            [
+                [
+                    "after the trades",
+                    f"{mem['steady_b']:.0f}",
+                    f"{mem['steady_b'] * mem['streams'] / KIB / KIB:.2f} MiB",
+                ],
+                [
+                    "after a reconnect and an overlap, holds released",
+                    f"{mem['after_overlap_b']:.0f}",
+                    f"{mem['after_overlap_b'] * mem['streams'] / KIB / KIB:.2f} MiB",
+                ],
+            ],
+        )
+        lines += [
+            "",
+            f"Of which: the key string {mem['key_b']} B and the mark (an int) {mem['mark_b']} B per stream; "
+            f"hash tables at the end, per stream: {tables} (CPython's dicts and sets keep their size once "
+            "emptied, so the tables an overlap filled stay).",
+            "",
+        ]
+    elif mem:
+        lines += [f"- *de-duplicator memory*: failed — {mem.get('error')}", ""]
+    lines += ["![pool](pool.png)", ""]
+    return lines
+
+
 def md_profiles(results: Results, out: Path) -> list[str]:
     made = results.get("profiles") or []
     if not made:
@@ -681,7 +952,7 @@ def md_profiles(results: Results, out: Path) -> list[str]:
         lines.append(f"### {p['goal']}: `{p['variant']}` — [{p['path']}]({p['path']})")
         lines.append("")
         summary_path = path.with_suffix(".json")
-        if p["goal"] in ("throughput", "latency") and summary_path.exists():
+        if p["goal"] in ("throughput", "latency", "pool throughput") and summary_path.exists():
             summary = json.loads(summary_path.read_text())
             total = summary["total_s"]
             comps = ", ".join(f"{name} {100 * t / total:.0f} %" for name, t in summary["components"].items())
@@ -767,12 +1038,15 @@ def render(results: Results, out: Path) -> tuple[str, list[dict[str, Any]]]:
         lines += [*md_deadlink(results), ""]
     if "idle" in results:
         lines += [*md_idle(results), ""]
+    if "pool" in results:
+        lines += [*md_pool(results), ""]
     lines += md_profiles(results, out)
     lines += [
         "## Reproduce",
         "",
-        "`make bench` (full: ~20 min on 2 cores), `make bench QUICK=1` (a few minutes), or "
-        "`.venv/bin/python -m benchmarks.run --only throughput --n 200000 --rounds 5`; "
+        "`make bench` (full: ~25 min on 2 cores), `make bench QUICK=1` (a few minutes), or "
+        "`.venv/bin/python -m benchmarks.run --only throughput --n 200000 --rounds 5` (`--only pool` for "
+        "the Pool's); "
         "`python -m benchmarks.report` re-renders this file from `latest.json`.",
         "",
     ]
@@ -818,6 +1092,36 @@ def summary_text(results: Results, goal_table: list[dict[str, Any]]) -> str:
         v = med(field(row, "cpu_pct"))
         if v is not None:
             lines.append(f"  idle CPU, {row['label']:<48} {v:>7.1f} % of a core")
+    pool = results.get("pool", {})
+    ptp = pool.get("throughput", {})
+    if ptp:
+        lines.append(
+            f"pool throughput, {pool.get('streams', 0)} streams (msgs/s, client CPU µs/msg, efficiency):"
+        )
+        for key, row in ptp.items():
+            rate, cpu = med(field(row, "rate")), med(field(row, "cpu_us_per_msg"))
+            if rate is not None:
+                eff = (
+                    None
+                    if key == POOL_BASELINE
+                    else paired(ptp.get(POOL_BASELINE), row, "cpu_us_per_msg", "/")
+                )
+                lines.append(
+                    f"  {row['label']:<58} {rate:>10,.0f} msg/s  {fmt(cpu, '.2f')} µs  {fmt(eff, '.3f', '×')}"
+                )
+    for key, row in pool.get("resubscribe", {}).get("rows", {}).items():
+        if row.get("runs"):
+            floor = row["runs"][0]["floor"]["floor_s"]
+            lines.append(
+                f"  resubscribe {key.replace('|', '/conn, batch '):<46} "
+                f"{med(field(row, 'resubscribe_s')):.3f} s (floor {floor:.3f} s)"
+            )
+    mem = pool.get("dedup", {})
+    if mem.get("ok"):
+        lines.append(
+            f"  dedup state per stream: {mem['steady_b']:.0f} B, "
+            f"{mem['after_overlap_b']:.0f} B after an overlap"
+        )
     lines.append("goals:")
     for g in goal_table:
         verdict = {True: "met", False: "MISSED", None: "-"}[g["met"]]
@@ -832,6 +1136,7 @@ def write(results: Results, out: Path) -> str:
         "latency_cdf.png": chart_latency,
         "deadlink.png": chart_deadlink,
         "memory.png": chart_memory,
+        "pool.png": chart_pool,
     }
     for name, make in charts.items():
         make(results, out / name)

@@ -7,10 +7,14 @@ Method (details in the generated report, benchmarks/results/latest.md):
 * every run of every variant is a fresh process (benchmarks/clients.py); rounds are interleaved
   (A B C … A B C …) and medians reported, with ratios to the baseline measured in the same round;
 * measures: throughput, added latency at a steady 20k msgs/s, dead-link detection and recovery
-  (black-holing proxy, server restart), memory and CPU of 1,000 idle connections.
+  (black-holing proxy, server restart), memory and CPU of 1,000 idle connections, and the Pool's
+  (benchmarks/pool.py): 100 streams over 4 connections against one bare connection, CPU per message;
+  resubscribing 1,000 streams under a 5 msg/s budget against the floor it allows; the de-duplicator's
+  memory per stream.
 
-Flags: ``--quick`` (100k messages, shorter runs, 3 rounds), ``--only throughput,latency,deadlink,idle``,
-``--n``, ``--rounds``, ``--note`` (printed in the report, e.g. "machine shared with other jobs").
+Flags: ``--quick`` (100k messages, shorter runs, 3 rounds),
+``--only throughput,latency,deadlink,idle,pool``, ``--n``, ``--pool-n``, ``--rounds``, ``--note``
+(printed in the report, e.g. "machine shared with other jobs").
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from benchmarks import report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-MEASURES = ("throughput", "latency", "deadlink", "idle")
+MEASURES = ("throughput", "latency", "deadlink", "idle", "pool")
 
 THROUGHPUT = [
     "websockets-bare",
@@ -61,6 +65,8 @@ MEMORY = [
     ("websockets", True),
 ]
 IDLE_CPU = ["wsclient", "websockets"]
+POOL_THROUGHPUT = ["bare", "client", "pool-nodedup", "pool"]
+POOL_BASELINE = "bare"
 LIBRARIES = (
     "wsclient",
     "websockets",
@@ -137,6 +143,22 @@ class ServerProc:
         if stats and stats.get("wall_s"):
             result["server_cpu_pct"] = 100 * stats["cpu_s"] / stats["wall_s"]
         return result
+
+    def run_stats(self, tag: str, conns: int, timeout: float = 10) -> dict[str, Any] | None:
+        """The server's CPU share over the ``conns`` connections of ``/trades`` run ``tag`` (they
+        overlap: the share over the longest one); lines of other runs are dropped."""
+        lines: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(lines) < conns:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line.get("run") == tag:
+                lines.append(line)
+        if not lines:
+            return None
+        return max(lines, key=lambda line: line["wall_s"])
 
     def conn_stats(self, timeout: float = 10) -> dict[str, Any] | None:
         try:
@@ -319,6 +341,90 @@ def measure_idle(server: ServerProc, args: argparse.Namespace) -> dict[str, Any]
     return {"conns": conns, "cpu_window": window, "memory": mem.as_dict(), "cpu": cpu.as_dict()}
 
 
+def measure_pool(server: ServerProc, args: argparse.Namespace) -> dict[str, Any]:
+    """The Pool's three measures: throughput and CPU per message, resubscribe time, dedup memory."""
+    from benchmarks import pool
+
+    streams = pool.STREAMS
+    per_stream = max(1, args.pool_n // streams)
+    n = streams * per_stream
+    out: dict[str, Any] = {"streams": streams, "per_stream": per_stream, "n": n}
+
+    keys = [k for k in POOL_THROUGHPUT if not args.variants or k in args.variants or k == POOL_BASELINE]
+    table = Table(keys, {k: v[0] for k, v in pool.POOL_VARIANTS.items()})
+    timeout = max(90.0, n / 5000)
+
+    def spec(key: str, tag: str) -> dict[str, Any]:
+        path = f"/trades?streams={streams}&per_stream={per_stream}&run={tag}"
+        return {
+            "measure": "pool_throughput",
+            "variant": key,
+            "url": server.url(path),
+            "streams": streams,
+            "per_stream": per_stream,
+            "timeout": timeout,
+        }
+
+    server.drain()
+    log(f"pool throughput: warm-up run of the baseline ({n:,} messages, {streams} streams)")
+    run_client(spec(POOL_BASELINE, "warm-up"), timeout + 60)  # the server encodes the frames here
+    server.run_stats("warm-up", 1)
+    for r in range(1, args.rounds + 1):
+        for key in table.active():
+            tag = f"r{r}-{key}"
+            result = run_client(spec(key, tag), timeout + 30)
+            if result.get("ok"):
+                stats = server.run_stats(tag, result.get("connections", 1))
+                if stats and stats.get("wall_s"):
+                    result["server_cpu_pct"] = 100 * stats["cpu_s"] / stats["wall_s"]
+            status = table.add(key, r, result)
+            figure = (
+                f"{result['rate']:>9,.0f} msg/s  {result['cpu_us_per_msg']:6.2f} µs CPU/msg"
+                if result.get("ok")
+                else status
+            )
+            log(f"pool throughput round {r}/{args.rounds}  {key:<14} {figure}")
+    out["throughput"] = table.as_dict()
+
+    cases = {f"{c}|{b}": (c, b) for c, b in pool.RESUBSCRIBE_CASES}
+    labels = {k: f"{c} streams per connection, batch {b}" for k, (c, b) in cases.items()}
+    resub = Table(list(cases), labels)
+    for r in range(1, args.rounds + 1):
+        for key in resub.active():
+            per_conn, batch = cases[key]
+            case = {"measure": "resubscribe", "per_connection": per_conn, "batch": batch, "timeout": 30}
+            result = run_client(case, 120)
+            status = resub.add(key, r, result)
+            figure = (
+                f"{result['resubscribe_s']:6.3f} s (floor {result['floor']['floor_s']:.3f} s), "
+                f"{result['total_violations']} violations"
+                if result.get("ok")
+                else status
+            )
+            log(f"pool resubscribe round {r}/{args.rounds}  {key:<9} {figure}")
+    out["resubscribe"] = {
+        "streams": pool.RESUB_STREAMS,
+        "messages_per_second": pool.RESUB_MPS,
+        "connects_per_window": pool.RESUB_CONNECTS,
+        "connect_window": pool.RESUB_CONNECT_WINDOW,
+        "backoff": pool.RESUB_BACKOFF,
+        "tolerance": pool.RESUB_TOLERANCE,
+        "rows": resub.as_dict(),
+    }
+
+    # tracemalloc counts are deterministic: one run.
+    mem = run_client({"measure": "dedup_memory", "streams": 10_000, "messages": 20}, 300)
+    if mem.get("ok"):
+        log(
+            f"pool dedup memory: {mem['steady_b']:.0f} B/stream after messages, "
+            f"{mem['after_overlap_b']:.0f} B/stream after an overlap"
+        )
+    else:
+        log(f"pool dedup memory: ERROR {mem.get('error')}")
+    out["dedup"] = mem
+    return out
+
+
 PICOWS_TYPED = "wsclient-picows-typed-sync"
 
 
@@ -354,6 +460,24 @@ def profiles(server: ServerProc, results: dict[str, Any], args: argparse.Namespa
         result = run_client(spec, spec["timeout"] + 30)
         if result.get("ok"):
             made.append({"goal": goal, "path": path.name, "variant": key})
+    pool_results = results.get("pool", {})
+    if "pool_efficiency" in missed and pool_results.get("per_stream"):
+        path = RESULTS / "profile-pool-throughput-pool.txt"
+        streams, per_stream = pool_results["streams"], pool_results["per_stream"]
+        spec = {
+            "measure": "pool_throughput",
+            "variant": "pool",
+            "url": server.url(f"/trades?streams={streams}&per_stream={per_stream}&run=profile"),
+            "streams": streams,
+            "per_stream": per_stream,
+            "timeout": max(90.0, pool_results["n"] / 2000),
+            "profile": str(path),
+        }
+        log(f"profile: pool throughput under pyinstrument → {rel(path)}")
+        server.drain()
+        result = run_client(spec, spec["timeout"] + 30)
+        if result.get("ok"):
+            made.append({"goal": "pool throughput", "path": path.name, "variant": "pool"})
     if "latency_p99" in missed:
         key = report.typed_key(results.get("latency", {}).get("rows", {}))
         path = RESULTS / f"profile-latency-{key}.txt"
@@ -457,6 +581,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(MEASURES)}")
     parser.add_argument("--variants", default="", help="comma-separated variant keys (the baseline stays)")
     parser.add_argument("--n", type=int, default=None, help="messages per throughput run (1,000,000)")
+    parser.add_argument(
+        "--pool-n", type=int, default=None, help="messages per pool throughput run (400,000; quick: 100,000)"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="rounds per measure (5; quick: 3)")
     parser.add_argument("--conns", type=int, default=None, help="idle connections (1000)")
     parser.add_argument("--note", default="", help="a line for the report, e.g. why figures may be noisy")
@@ -464,6 +591,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-profile", action="store_true", help="skip profiling missed goals")
     args = parser.parse_args(argv)
     args.n = args.n or (100_000 if args.quick else 1_000_000)
+    args.pool_n = args.pool_n or (100_000 if args.quick else 400_000)
     args.rounds = args.rounds or (3 if args.quick else 5)
     args.conns = args.conns or 1000
     args.latency_seconds = 2.0 if args.quick else 5.0
@@ -496,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     probe = run_client({"measure": "probe"}, 60)
     results["meta"]["features"] = probe
     log(f"wsclient features: {probe}")
-    need_server = set(args.only) & {"throughput", "latency", "idle"}
+    need_server = set(args.only) & {"throughput", "latency", "idle", "pool"}
     if "throughput" in args.only:
         log(f"starting the server ({args.n:,} frames pre-encoded)")
     server = ServerProc(args.n if "throughput" in args.only else 0) if need_server else None
@@ -509,6 +637,8 @@ def main(argv: list[str] | None = None) -> int:
             results["deadlink"] = measure_deadlink(args)
         if "idle" in args.only and server is not None:
             results["idle"] = measure_idle(server, args)
+        if "pool" in args.only and server is not None:
+            results["pool"] = measure_pool(server, args)
         if server is not None and not args.no_profile:
             results["profiles"] = profiles(server, results, args)
     finally:

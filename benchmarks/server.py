@@ -13,9 +13,16 @@ Paths (the query string sets parameters):
 * ``/feed?rate=1000``: after the first text frame from the client (a subscribe), a ticker with
   ``seq`` 0 at once, then stamped frames at ``rate`` until the connection ends.
 * ``/idle``: one welcome frame (compressed if permessage-deflate was negotiated), then silence.
+* ``/trades?streams=100&per_stream=4000&run=TAG``: a venue-like trade feed for the pool benchmark.
+  Each connection sends Binance-style ``{"method":"SUBSCRIBE","params":[...],"id":n}`` messages
+  (answered ``{"result":null,"id":n}``); once the connections of run ``TAG`` together subscribed to all
+  ``streams`` streams, each gets ``per_stream`` trades of every stream it subscribed to, ids contiguous
+  from 1, the streams interleaved, pre-encoded and written in 256 KiB blocks at once, all connections
+  at the same moment. The frames are encoded at the first request of a given size and kept.
 
 stdout carries JSON lines: ``{"event": "ready", "port": ...}`` once listening, and for ``/stream``
-and ``/paced`` connections ``{"event": "conn", "cpu_s": ..., "wall_s": ..., ...}`` with this
+and ``/paced`` connections (and ``/trades``, with its ``run``)
+``{"event": "conn", "cpu_s": ..., "wall_s": ..., ...}`` with this
 process's CPU time (``resource.getrusage``) over the connection's life. The process exits when its
 stdin closes (the parent died or is done) or after ``--lifetime`` seconds.
 """
@@ -89,6 +96,19 @@ class Server:
         self.first = feed.first_template(seed + 2)
         self.build_s = time.perf_counter() - t0
         self.connections = 0
+        self.trade_frames: dict[tuple[int, int], dict[str, list[bytes]]] = {}
+        self.trade_runs: dict[str, TradeRun] = {}
+
+    def trade_run(self, tag: str, streams: int, per_stream: int) -> TradeRun:
+        run = self.trade_runs.get(tag)
+        if run is None:
+            key = (streams, per_stream)
+            frames = self.trade_frames.get(key)
+            if frames is None:
+                self.trade_frames.clear()  # one size at a time: 400k frames are ~80 MB
+                frames = self.trade_frames[key] = feed.trade_frames(feed.trade_streams(streams), per_stream)
+            run = self.trade_runs[tag] = TradeRun(tag, frames, per_stream)
+        return run
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -102,6 +122,47 @@ class Server:
             writer.transport.abort()
 
 
+class TradeRun:
+    """The connections of one ``/trades`` run: they start together once all streams are subscribed."""
+
+    def __init__(self, tag: str, frames: dict[str, list[bytes]], per_stream: int) -> None:
+        self.tag = tag
+        self.frames = frames
+        self.per_stream = per_stream
+        self.conns: list[Conn] = []
+        self.subscribed: set[str] = set()
+        self.go = asyncio.Event()
+
+    def subscribe(self, conn: Conn, streams: list[str]) -> None:
+        known = [s for s in streams if s in self.frames and s not in conn.trade_streams]
+        conn.trade_streams.extend(known)
+        self.subscribed.update(known)
+        if len(self.subscribed) == len(self.frames) and not self.go.is_set():
+            # Every connection's blocks are built before any is written: they start together.
+            for c in self.conns:
+                c.blocks = self.blocks(c.trade_streams)
+            self.go.set()
+
+    def blocks(self, streams: list[str]) -> list[bytes]:
+        """``streams`` interleaved (trade 1 of each, then trade 2 of each, …), in 256 KiB blocks."""
+        columns = [self.frames[s] for s in streams]
+        blocks: list[bytes] = []
+        buf: list[bytes] = []
+        size = 0
+        for t in range(self.per_stream):
+            for column in columns:
+                data = column[t]
+                buf.append(data)
+                size += len(data)
+            if size >= 256 * 1024:
+                blocks.append(b"".join(buf))
+                buf.clear()
+                size = 0
+        if buf:
+            blocks.append(b"".join(buf))
+        return blocks
+
+
 class Conn:
     def __init__(self, server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.server = server
@@ -111,6 +172,9 @@ class Conn:
         self.closed = False
         self.deflate_bits: int | None = None
         self.sent = 0
+        self.trade_run: TradeRun | None = None
+        self.trade_streams: list[str] = []
+        self.blocks: list[bytes] = []
 
     async def handshake(self) -> tuple[str, dict[str, list[str]]] | None:
         async with asyncio.timeout(10):
@@ -149,6 +213,13 @@ class Conn:
             return
         path, query = request
         t0, cpu0 = time.monotonic(), cpu_seconds()
+        if path == "/trades":
+            self.trade_run = self.server.trade_run(
+                query.get("run", [""])[0],
+                int(query.get("streams", ["100"])[0]),
+                int(query.get("per_stream", ["1000"])[0]),
+            )
+            self.trade_run.conns.append(self)
         reading = asyncio.create_task(self.read_loop())
         if path == "/stream":
             mode = self.stream()
@@ -156,6 +227,8 @@ class Conn:
             mode = self.paced(float(query.get("rate", ["20000"])[0]), float(query.get("seconds", ["5"])[0]))
         elif path == "/feed":
             mode = self.feed(float(query.get("rate", ["1000"])[0]))
+        elif path == "/trades":
+            mode = self.trades()
         else:
             mode = self.idle()
         writing = asyncio.create_task(mode)
@@ -168,10 +241,18 @@ class Conn:
             for task in (reading, writing):
                 task.cancel()
             await asyncio.gather(reading, writing, return_exceptions=True)
-        if path in ("/stream", "/paced"):
+        if path in ("/stream", "/paced", "/trades"):
             wall = time.monotonic() - t0
             cpu = cpu_seconds() - cpu0
-            emit({"event": "conn", "path": path, "cpu_s": cpu, "wall_s": wall, "bytes": self.sent})
+            line: dict[str, object] = {"event": "conn", "path": path, "cpu_s": cpu, "wall_s": wall}
+            line["bytes"] = self.sent
+            run = self.trade_run
+            if run is not None:
+                line["run"] = run.tag
+                run.conns.remove(self)
+                if not run.conns:
+                    self.server.trade_runs.pop(run.tag, None)
+            emit(line)
 
     # -------------------------------------------------------------- client → server
 
@@ -203,9 +284,26 @@ class Conn:
                     if b0 & 0x40 and self.deflate_bits is not None:
                         inflater = inflater or zlib.decompressobj(-15)
                         data = inflater.decompress(data + b"\x00\x00\xff\xff")
+                    if self.trade_run is not None:
+                        self.trade_request(data)
                     self.subscribed.set()
         except (asyncio.IncompleteReadError, ConnectionError):
             return
+
+    def trade_request(self, data: bytes) -> None:
+        """A ``/trades`` client message: SUBSCRIBE is acknowledged and joins the run."""
+        assert self.trade_run is not None
+        try:
+            request = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(request, dict) or request.get("method") != "SUBSCRIBE":
+            return
+        ack = json.dumps({"result": None, "id": request.get("id")}, separators=(",", ":"))
+        self.write(feed.frame(ack.encode()))
+        params = request.get("params")
+        if isinstance(params, list):
+            self.trade_run.subscribe(self, [p for p in params if isinstance(p, str)])
 
     # -------------------------------------------------------------- server → client
 
@@ -218,6 +316,15 @@ class Conn:
         writer = self.writer
         for chunk in self.server.chunks:
             self.write(chunk)
+            await writer.drain()
+
+    async def trades(self) -> None:
+        assert self.trade_run is not None
+        await self.trade_run.go.wait()
+        writer = self.writer
+        blocks, self.blocks = self.blocks, []
+        for block in blocks:
+            self.write(block)
             await writer.drain()
 
     async def paced(self, rate: float, seconds: float) -> None:
