@@ -4,6 +4,8 @@ rotating its connection against a venue that sends the same trade ids on every c
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from collections import defaultdict
 from typing import Any, Literal
 
@@ -11,7 +13,7 @@ import pytest
 
 from wsclient import Client, ClientConfig, Heartbeat, Message, SequenceGap, VenueLimits
 from wsclient.dedup import Dedup, Judgement
-from wsclient.routing import SequenceTracker
+from wsclient.routing import Router, SequenceTracker
 from wsclient.testing import VenueRules, VenueServer
 
 D, X, H = Judgement.DELIVER, Judgement.DROP, Judgement.HOLD
@@ -100,6 +102,34 @@ def test_moves_merge_one_stream_and_the_hold_is_bounded() -> None:
     assert dedup.held_now == 0
 
 
+def test_a_reconnect_marks_only_the_streams_of_the_router_that_reconnected() -> None:
+    # Two shards of a pool share one de-duplicator; only the one that reconnected straddles it.
+    shared = Dedup()
+    gaps: list[SequenceGap] = []
+    routers = [
+        Router(discriminator="e", dedup=shared, default_seq_key=lambda m: (m.s, m.t), on_gap=gaps.append)
+        for _ in range(2)
+    ]
+    for router, name in zip(routers, "ab", strict=True):
+        router.register(Trade, lambda m: None)
+        router.dispatch(trade(f"{name}@trade", 1))
+    routers[0].mark_reconnect()
+    routers[0].dispatch(trade("a@trade", 5))
+    routers[1].dispatch(trade("b@trade", 5))
+    assert [(g.stream, g.across_reconnect) for g in gaps] == [("a@trade", True), ("b@trade", False)]
+
+
+def test_the_state_after_an_overlap_is_one_mark_per_stream_again() -> None:
+    dedup = Dedup()
+    for n in range(2000):
+        feed(dedup, [(f"s{n}", 1, False)])
+    dedup.sequences.mark_reconnect()
+    for n in range(2000):
+        feed(dedup, [(f"s{n}", 3, True), (f"s{n}", 2, True)])  # held, then released
+    assert dedup.held == 2000 and dedup.holding == 0 and dedup.calm
+    assert sys.getsizeof(dedup.sequences._after_reconnect) < 1000, "the emptied set was made anew"
+
+
 # -- a client rotating its connection (real sockets) ------------------------------------------------------
 
 
@@ -109,6 +139,10 @@ class Trade(Message):
     t: int
     p: str
     q: str
+
+
+def trade(stream: str, t: int) -> str:
+    return json.dumps({"e": "trade", "s": stream, "t": t, "p": "1.0", "q": "2"})
 
 
 def contiguous(seen: dict[str, list[int]]) -> dict[str, str]:

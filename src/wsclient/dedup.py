@@ -188,6 +188,12 @@ class Dedup:
         self._settle()
 
     def _settle(self) -> None:
+        # Dicts keep their table at its largest size: empty ones are made anew, so the state after
+        # an overlap is back to one mark per stream.
+        if not self._held:
+            self._held = {}
+        if not self._moving:
+            self._moving = {}
         self.calm = not self.holding and not self._moving
 
     def __repr__(self) -> str:

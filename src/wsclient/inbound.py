@@ -276,7 +276,7 @@ class Inbound:
             if self._queue:
                 self._queue.append(_RECONNECT)
             else:
-                self._router.sequences.mark_reconnect()
+                self._router.mark_reconnect()
         self._set_inline()
 
     def started(self, receiver: Receiver, liveness: Liveness) -> None:
@@ -442,7 +442,7 @@ class Inbound:
                         continue
                 elif item is _RECONNECT:
                     # Here, in arrival order, and not when the socket opened.
-                    self.router.sequences.mark_reconnect()
+                    self.router.mark_reconnect()
                     continue
                 elif cls is _Secondary:
                     pending = self.router.dispatch_secondary(item.data)

@@ -45,7 +45,7 @@ import functools
 import inspect
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from types import CoroutineType
@@ -235,7 +235,7 @@ class SequenceTracker:
         if last is not None and seq == last + 1:
             self._last[stream] = seq
             if self._after_reconnect:
-                self._after_reconnect.discard(stream)
+                self._unmark(stream)
             return None
         return self._irregular(stream, seq, last)
 
@@ -258,7 +258,7 @@ class SequenceTracker:
         self._last[stream] = seq
         across = stream in self._after_reconnect
         if across:
-            self._after_reconnect.discard(stream)
+            self._unmark(stream)
         return SequenceGap(stream, last + 1, seq, kind, across)
 
     def is_reset(self, stream: Hashable, seq: int) -> bool:
@@ -266,9 +266,22 @@ class SequenceTracker:
         last = self._last.get(stream)
         return last is not None and seq < last and (seq <= self.start or last - seq > self.max_replay)
 
-    def mark_reconnect(self) -> None:
-        """Note that a new connection starts: the next gap on any known stream straddles it."""
-        self._after_reconnect.update(self._last)
+    def _unmark(self, stream: Hashable) -> None:
+        after = self._after_reconnect
+        after.discard(stream)
+        if not after:
+            # A set keeps its table at its largest size: an empty one is made anew (~50 B a
+            # stream after every reconnect of a feeder with thousands of streams).
+            self._after_reconnect = set()
+
+    def mark_reconnect(self, streams: Iterable[Hashable] | None = None) -> None:
+        """Note that a new connection starts: the next gap on any known stream (or on those of
+        ``streams``: the ones the new connection carries, when several share this tracker)
+        straddles it."""
+        if streams is None:
+            self._after_reconnect.update(self._last)
+        else:
+            self._after_reconnect.update(s for s in streams if s in self._last)
 
     def last(self, stream: Hashable) -> int | None:
         """The last sequence number accepted for ``stream``."""
@@ -277,7 +290,8 @@ class SequenceTracker:
     def forget(self, stream: Hashable) -> None:
         """Drop what is known of ``stream`` (e.g. after resynchronising it from a snapshot)."""
         self._last.pop(stream, None)
-        self._after_reconnect.discard(stream)
+        if stream in self._after_reconnect:
+            self._unmark(stream)
 
     def clear(self) -> None:
         """Drop every stream's state (the counters are kept)."""
@@ -922,7 +936,7 @@ class Router:
         dedup = self.dedup
         assert dedup is not None
         tracker = self.sequences
-        marks, after_reconnect = tracker._last, tracker._after_reconnect
+        marks = tracker._last
         seen = self._streams
         stats = self.stats
         failed, finish, run = self._handler_failed, self._finish, self._run
@@ -948,8 +962,8 @@ class Router:
             if last is None or seq != last + 1:
                 return general(msg, plan)
             marks[stream] = seq
-            if after_reconnect:
-                after_reconnect.discard(stream)
+            if tracker._after_reconnect:
+                tracker._unmark(stream)
             if stream not in seen:
                 seen.add(stream)
             handler = singles.get(msg.__class__)
@@ -1295,11 +1309,19 @@ class Router:
 
     # -- connection lifecycle -------------------------------------------------------------------
 
+    def mark_reconnect(self) -> None:
+        """A new connection starts delivering here: with a shared tracker (a pool), only the streams
+        this router carries straddle it."""
+        if self.dedup is not None:
+            self.sequences.mark_reconnect(self._streams)
+        else:
+            self.sequences.mark_reconnect()
+
     def connection_lost(self, exc: BaseException) -> None:
         """Call when a connection dies: fails pending requests, marks sequences for the gap check."""
         if self.requests is not None:
             self.requests.fail_all(exc)
-        self.sequences.mark_reconnect()
+        self.mark_reconnect()
 
     def __repr__(self) -> str:
         disc = self._discriminator if self._discriminator is not None else "<callable>"
