@@ -150,6 +150,50 @@ def test_demo_without_rich_prints_plain_lines_even_on_a_terminal() -> None:
     assert "received + lost in flight = sent by feed: OK" in out
 
 
+SHARD = re.compile(r"^    shard (\d+)\s+OPEN\s+(\d+) streams, (\d+) connects, (\d+) rotations", re.M)
+STREAM_OK = re.compile(r"^ {4}(s\d{3}@trade)\s+ids \d+-\d+: \d+ delivered.*exactly once, in order: OK$", re.M)
+POOL_OK = re.compile(
+    r"^  accounting:\s+every trade id reached the handlers exactly once, in order, .*: OK$", re.M
+)
+
+
+def test_demo_pool_spreads_streams_over_shards_exactly_once_within_the_venues_limits() -> None:
+    result = run("demo", "--pool", "--plain", "--duration", "8")
+    out = result.stdout
+    assert result.returncode == 0, (out, result.stderr)
+    assert "Traceback" not in result.stderr
+    for index in (0, 1, 2):
+        assert re.search(rf"^\[\s*\d+\.\d\ds\] shard {index} opens with 40 streams$", out, re.M), out
+    shards = SHARD.findall(out)
+    assert len(shards) == 3 and all(int(streams) == 40 for _, streams, *_ in shards), out
+    assert figure("rotations", out) > 0
+    assert figure("duplicates dropped", out) > 0
+    assert figure("moves", out) > 0  # the removal freed a connection: the emptiest shard's streams moved
+    assert figure("venue violations", out) == 0
+    assert figure("copies delivered", out) == 0 and "unreported gaps: 0" in out
+    assert POOL_OK.search(out), out
+    assert len(STREAM_OK.findall(out)) == 120, out
+    gaps = re.search(r"^  gaps reported:\s+(\d+) on \d+ streams: (\d+) trade ids", out, re.M)
+    assert gaps and int(gaps.group(1)) >= 120 and int(gaps.group(2)) > 0, out  # the restart, reported
+    for step in (
+        "fault: the venue silently stops sending",
+        "fault: the venue restarts",
+        "change: the application removes",
+        "change: the application adds",
+    ):
+        assert step in out, step
+
+
+def test_demo_pool_live_view_on_a_terminal() -> None:
+    code, out = run_on_a_tty([*WSCLIENT, "demo", "--pool", "--duration", "8", "--streams", "50"])
+    assert code == 0, out
+    assert "wsclient demo --pool:" in out and "╭" in out
+    for column in ("shard", "state", "streams", "connects", "rotations", "msgs/s"):
+        assert column in out
+    assert "duplicates dropped" in out and "venue violations 0" in out and "events" in out
+    assert POOL_OK.search(out.replace("\r", "")), out
+
+
 # ------------------------------------------------------------------------------------------------- listen
 
 
@@ -292,6 +336,11 @@ async def test_listen_rejected_with_401_exits_4(feed: FeedServer) -> None:
         (["listen", "ws://x/", "--ping-interval", "30", "--idle-timeout", "20"], "must be below"),
         (["listen", "ws://x/", "--output", "xml"], "argument --output: invalid choice"),
         (["demo", "--duration", "1"], "--duration must be at least 4 seconds"),
+        (["demo", "--pool", "--duration", "5"], "--duration must be at least 8 seconds"),
+        (["demo", "--streams", "10"], "--streams needs --pool"),
+        (["demo", "--pool", "--symbols", "BTC-USD"], "--symbols is for the feed scene"),
+        (["demo", "--pool", "--streams", "0"], "argument --streams: must be between 1 and 1000"),
+        (["demo", "--pool", "--streams", "many"], "argument --streams: expected a whole number"),
         (["serve", "--idle-cutoff", "5"], "--idle-cutoff needs --proxy-port"),
         (["serve", "--port", "70000"], "must be a TCP port"),
         (["nonsense"], "invalid choice"),

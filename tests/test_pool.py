@@ -236,6 +236,29 @@ async def test_a_stream_the_venue_silently_drops_is_resubscribed_then_its_connec
     assert list(rec.broken()) == ["q3@trade"], rec.broken()
 
 
+async def test_silence_while_a_connection_is_down_is_not_staleness() -> None:
+    # A restart longer than the limit: the reconnect replays every subscription, so no stream may be
+    # resubscribed for the outage (a burst of them would hold up the shard's message budget).
+    streams = [f"d{i}@trade" for i in range(6)]
+    async with VenueServer(VenueRules(), rate=100) as venue:
+        pool = make_pool(venue, limits=VenueLimits(), stale_after=0.3)
+        rec = Recorder(pool)
+        pool.add_streams(streams)
+        async with pool:
+            await until(lambda: rec.count(streams) >= 5)
+            before = {s: len(rec.seen[s]) for s in streams}
+            venue.rate = 0  # silent from the restart until shortly after the reconnect: below the limit
+            await venue.restart(down_for=1.0)
+            await pool.wait_open(10)
+            await asyncio.sleep(0.15)
+            venue.rate = 100
+            await until(lambda: all(len(rec.seen[s]) >= before[s] + 30 for s in streams))
+            stats = pool.stats
+    assert [e for e in rec.events if isinstance(e, StreamStale)] == []
+    assert stats.stale_resubscribes == 0 and stats.stale_replacements == 0
+    assert not rec.broken(), rec.broken()
+
+
 def test_pool_config_errors_name_the_fix() -> None:
     with pytest.raises(ConfigError, match="subscribe must be a function"):
         Pool("ws://127.0.0.1:1/ws", subscribe="SUBSCRIBE")  # type: ignore[arg-type]

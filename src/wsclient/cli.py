@@ -5,6 +5,10 @@
   (:class:`~wsclient.testing.ChaosProxy`), a fault schedule (a proxy idle cut-off shorter than the
   feed's quiet periods, a server restart, a black hole, a 1012 close) and a :class:`~wsclient.Client`
   with typed models that rides through all of it, shown live, then accounted for message by message.
+  ``wsclient demo --pool`` is the pool scene: a :class:`~wsclient.Pool` spreading many streams over
+  the connections of an embedded :class:`~wsclient.testing.VenueServer` that enforces its limits
+  (shards, rotations, duplicates dropped, a muted stream, a restart, streams removed and added back),
+  then accounted for trade id by trade id.
 * ``wsclient listen URL`` prints the frames of any WebSocket endpoint, reconnecting as a bot would.
 * ``wsclient serve`` runs the fake feed (and optionally the proxy) for trying other clients.
 
@@ -17,7 +21,9 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
+import math
 import os
 import random
 import signal
@@ -33,7 +39,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .client import Client, Connection
-from .config import ClientConfig, Heartbeat, Reconnect
+from .config import ClientConfig, Heartbeat, Reconnect, VenueLimits
 from .errors import (
     ClientClosedError,
     ConfigError,
@@ -50,10 +56,12 @@ from .events import (
     HeartbeatMissed,
 )
 from .policy import describe
+from .pool import Pool, PoolStats, ShardInfo, StreamStale
 from .routing import Message, SequenceGap
 from .state import ConnectionState
 from .testing.feed import CHANNELS, DEFAULT_SYMBOLS, FeedServer
 from .testing.proxy import ChaosProxy
+from .testing.venue import VenueRules, VenueServer
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -135,6 +143,13 @@ def _header(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+def _stream_count(text: str) -> int:
+    value = _count(text)
+    if not 1 <= value <= _MAX_POOL_STREAMS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {_MAX_POOL_STREAMS}, got {text!r}")
+    return value
+
+
 def _symbols(text: str) -> tuple[str, ...]:
     symbols = tuple(s.strip() for s in text.split(",") if s.strip())
     if not symbols:
@@ -164,12 +179,25 @@ def _build_parser() -> _Parser:
     demo.add_argument(
         "--symbols",
         type=_symbols,
-        default=DEFAULT_SYMBOLS,
-        help="comma-separated symbols (default: %(default)s)",
+        default=None,
+        help=f"comma-separated symbols (default: {','.join(DEFAULT_SYMBOLS)})",
     )
     demo.add_argument("--rate", type=_positive, default=10.0, help="messages/s per stream (default: 10)")
     demo.add_argument("--seed", type=int, default=1, help="seed of the feed's content and the jitter")
     demo.add_argument("--plain", action="store_true", help="plain lines, even on a terminal")
+    demo.add_argument(
+        "--pool",
+        action="store_true",
+        help="the pool scene instead: a Pool spreads many streams over several connections of a fake "
+        "venue that enforces its limits (shards, rotations, duplicates dropped, staleness, repacking)",
+    )
+    demo.add_argument(
+        "--streams",
+        type=_stream_count,
+        default=None,
+        metavar="N",
+        help=f"streams of the pool scene (default: {_POOL_STREAMS}; needs --pool)",
+    )
 
     listen = commands.add_parser(
         "listen",
@@ -282,8 +310,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve" and args.idle_cutoff is not None and args.proxy_port is None:
         parser.error("--idle-cutoff needs --proxy-port (it is the proxy's idle cut-off)")
-    if args.command == "demo" and args.duration < 4:
-        parser.error("--duration must be at least 4 seconds (the fault schedule needs room)")
+    if args.command == "demo":
+        if args.pool and args.symbols is not None:
+            parser.error("--symbols is for the feed scene; the pool scene takes --streams")
+        if not args.pool and args.streams is not None:
+            parser.error("--streams needs --pool (it sets the streams of the pool scene)")
+        least = _POOL_MIN_DURATION if args.pool else 4
+        if args.duration < least:
+            parser.error(f"--duration must be at least {least:g} seconds (the fault schedule needs room)")
     run: Callable[[argparse.Namespace, asyncio.Event], Awaitable[int]] = {
         "demo": _demo,
         "listen": _listen,
@@ -657,7 +691,7 @@ class _Demo:
 
     def __init__(self, args: argparse.Namespace, stop: asyncio.Event) -> None:
         self.plan = _Plan.scaled(args.duration)
-        self.symbols: tuple[str, ...] = args.symbols
+        self.symbols: tuple[str, ...] = args.symbols or DEFAULT_SYMBOLS
         self.stop_event = stop
         self.feed = FeedServer(rate=args.rate, symbols=self.symbols, seed=args.seed)
         self.proxy: ChaosProxy | None = None
@@ -1130,6 +1164,707 @@ def _print_summary(demo: _Demo, out: TextIO) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------- demo --pool
+
+_POOL_STREAMS = 120
+_MAX_POOL_STREAMS = 1000  # what the fake venue holds
+_POOL_MIN_DURATION = 8.0
+_PER_CONNECTION = 40  # 120 streams: three shards
+_VENUE_MPS = 5  # messages per second per connection, pings and pongs counted (Binance's rule)
+_VENUE_CONNECTS = 10  # connection attempts per _VENUE_CONNECT_WINDOW, per client
+_VENUE_CONNECT_WINDOW = 2.0
+
+
+class VenueTrade(Message):
+    """A trade of the pool scene's Binance-like venue: ``s`` the stream, ``t`` the trade id."""
+
+    e: Literal["trade"]
+    s: str
+    t: int
+    p: Decimal
+    q: Decimal
+
+
+@dataclass
+class _PoolPlan:
+    """The pool scene's limits and timings, scaled to its duration (the figures below are for 30 s)."""
+
+    duration: float
+    max_age: float  # the venue cuts connections at this age (6 s): every shard rotates a few times
+    age_jitter: float
+    overlap: float  # bound on a rotation's overlap: room for a replay paced by the message budget
+    stale_after: float  # a stream silent this long is resubscribed; twice as long, its connection replaced
+    mute_at: float
+    restart_at: float
+    down_for: float
+    remove_at: float
+    add_at: float
+
+    @classmethod
+    def scaled(cls, duration: float, rate: float) -> _PoolPlan:
+        max_age = max(5.0, 0.2 * duration)
+        return cls(
+            duration=duration,
+            max_age=max_age,
+            age_jitter=0.1,
+            overlap=0.4 * max_age,
+            stale_after=max(max_age / 8, 4.0 / rate),
+            mute_at=0.05 * duration,
+            restart_at=0.4 * duration,
+            down_for=max(0.3, 0.05 * duration),
+            remove_at=0.6 * duration,
+            add_at=0.78 * duration,
+        )
+
+    def rules(self) -> VenueRules:
+        return VenueRules(
+            streams_per_connection=_PER_CONNECTION,
+            messages_per_second=_VENUE_MPS,
+            count_control_frames=True,
+            connects_per_window=_VENUE_CONNECTS,
+            connect_window=_VENUE_CONNECT_WINDOW,
+            max_connection_age=self.max_age,
+        )
+
+    def limits(self) -> VenueLimits:
+        return VenueLimits(
+            streams_per_connection=_PER_CONNECTION,
+            subscribe_batch=10,
+            messages_per_second=_VENUE_MPS,
+            count_control_frames=True,
+            heartbeat_reserve=1,
+            connects_per_window=_VENUE_CONNECTS,
+            connect_window=_VENUE_CONNECT_WINDOW,
+            max_connection_age=self.max_age,
+            age_jitter=self.age_jitter,
+            rotation_overlap=self.overlap,
+        )
+
+
+@dataclass
+class _StreamLedger:
+    """What the handlers saw of one stream: every trade id once, in order, or why not."""
+
+    first: int | None = None
+    last: int | None = None
+    delivered: int = 0
+    repeated: int = 0  # ids at or below the last one delivered: a copy, or out of order
+    gaps: int = 0  # jumps reported by on_gap just before
+    gap_ids: int = 0
+    unreported: int = 0  # jumps nobody reported
+    unreported_ids: int = 0
+    removed_ids: int = 0  # ids sent while the application had removed the stream
+    removed_reported: int = 0  # of those jumps, reported by on_gap too
+    reported: tuple[int, int] | None = None  # (expected, received) of the gap on_gap just reported
+    rejoined: bool = False  # added back after a removal: the next jump is the removal's
+
+    def take(self, t: int) -> None:
+        self.delivered += 1
+        last = self.last
+        if last is None:
+            self.first = self.last = t
+        elif t == last + 1:
+            self.last = t
+        elif t <= last:
+            self.repeated += 1
+        else:
+            missing = t - last - 1
+            if self.rejoined:
+                self.removed_ids += missing
+                self.removed_reported += self.reported == (last + 1, t)
+            elif self.reported == (last + 1, t):
+                self.gaps += 1
+                self.gap_ids += missing
+            else:
+                self.unreported += 1
+                self.unreported_ids += missing
+            self.last = t
+        self.reported = None
+        self.rejoined = False
+
+    @property
+    def ok(self) -> bool:
+        if self.first is None or self.last is None:
+            return False
+        span = self.last - self.first + 1
+        return (
+            self.repeated == 0
+            and self.unreported == 0
+            and self.delivered + self.gap_ids + self.removed_ids == span
+        )
+
+
+@dataclass
+class _Rate:
+    samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=16))
+
+    def __call__(self, now: float, count: int) -> float:
+        samples = self.samples
+        samples.append((now, count))
+        while len(samples) > 2 and now - samples[1][0] >= 1.0:
+            samples.popleft()
+        t0, n0 = samples[0]
+        return (count - n0) / (now - t0) if now - t0 > 0.2 else 0.0
+
+
+class _PoolView(Protocol):
+    def start(self) -> None: ...
+    def event(self, at: float, text: str, style: str = "") -> None: ...
+    def refresh(self, demo: _PoolDemo) -> None: ...
+    def stop(self, demo: _PoolDemo) -> None: ...
+
+
+class _PoolDemo:
+    """The pool scene: venue, pool, fault schedule, live figures and the per-stream ledger."""
+
+    def __init__(self, args: argparse.Namespace, stop: asyncio.Event) -> None:
+        self.plan = _PoolPlan.scaled(args.duration, args.rate)
+        self.stop_event = stop
+        self.seed: int = args.seed
+        count = args.streams if args.streams is not None else _POOL_STREAMS
+        self.names = [f"s{i:03d}@trade" for i in range(count)]
+        self.venue = VenueServer(self.plan.rules(), rate=args.rate, seed=args.seed)
+        self.pool: Pool | None = None
+        self.t0 = 0.0
+        self.ledger = {name: _StreamLedger() for name in self.names}
+        self.delivered = 0
+        self._delivered_rate = _Rate()
+        self.trades_per_s = 0.0
+        self._shard_rates: dict[int, _Rate] = {}
+        self.shard_per_s: dict[int, float] = {}
+        self._pending_gaps: list[tuple[SequenceGap, bool]] = []  # and whether the stream was added back
+        self.gaps: list[SequenceGap] = []
+        self.stale: list[StreamStale] = []
+        self._pending_stale: list[StreamStale] = []
+        self.connect_failures = 0
+        self.muted: str | None = None
+        self.removed: list[str] = []
+        self.removed_at: float | None = None
+        self.added_back_at: float | None = None
+        self._shards: dict[int, ShardInfo] = {}
+        self.closed_shards: list[int] = []
+        self.final_shards: tuple[ShardInfo, ...] = ()
+        self.venue_connections = 0
+        self.final_stats: PoolStats | None = None
+        self.next_fault = ""
+        self.view: _PoolView = _PoolPlainView(sys.stdout)
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    # -- pool callbacks ---------------------------------------------------------------------------
+
+    def on_trade(self, trade: VenueTrade) -> None:
+        self.delivered += 1
+        entry = self.ledger.get(trade.s)
+        if entry is not None:
+            entry.take(trade.t)
+
+    def on_gap(self, gap: SequenceGap) -> None:
+        # Called just before the handlers get the message after the gap: the ledger pairs them.
+        entry = self.ledger.get(str(gap.stream))
+        if entry is not None:
+            entry.reported = (gap.expected, gap.received)
+        self.gaps.append(gap)
+        self._pending_gaps.append((gap, entry is not None and entry.rejoined))
+
+    def on_event(self, event: Any) -> None:
+        at = self.now()
+        match event:
+            case StreamStale():
+                self.stale.append(event)
+                self._pending_stale.append(event)
+            case Disconnected(reason=reason, delay=delay):
+                retry = f"retry in {delay:.2f}s" if delay is not None else "not retrying"
+                self.view.event(at, f"a shard's connection was lost: {reason} → {retry}", "red")
+            case ConnectFailed(attempt=attempt, reason=reason, delay=delay):
+                self.connect_failures += 1
+                retry = f"retry in {delay:.2f}s" if delay is not None else "not retrying"
+                self.view.event(
+                    at, f"a shard's connect attempt {attempt} failed: {reason} → {retry}", "yellow"
+                )
+
+    def watch_shards(self) -> None:
+        """Say what changed in the shards since the last look: rotations, reconnects, openings."""
+        pool = self.pool
+        assert pool is not None
+        at = self.now()
+        shards = {info.index: info for info in pool.shards}
+        for index, info in shards.items():
+            before = self._shards.get(index)
+            if before is None:
+                self.view.event(at, f"shard {index} opens with {info.streams} streams", "green")
+                continue
+            rotated = info.rotations - before.rotations
+            reconnected = info.connects - before.connects - rotated
+            if rotated:
+                self.view.event(
+                    at,
+                    f"shard {index}: connection replaced make-before-break (rotation {info.rotations})",
+                    "cyan",
+                )
+            if reconnected > 0:
+                again = "reconnected" if before.connects else "connected"
+                self.view.event(at, f"shard {index}: {again} ({info.streams} streams)", "green")
+            if info.streams != before.streams:
+                self.view.event(at, f"shard {index} now carries {info.streams} streams", "cyan")
+        for index in self._shards.keys() - shards.keys():
+            self.closed_shards.append(index)
+            self.view.event(at, f"shard {index} closed: the others carry its streams", "cyan")
+        self._shards = shards
+
+    def flush_stale(self) -> None:
+        """One line per shard and action for the staleness watch's steps since the last look."""
+        if not self._pending_stale:
+            return
+        events, self._pending_stale = self._pending_stale, []
+        groups: dict[tuple[int, str], list[StreamStale]] = {}
+        for event in events:
+            groups.setdefault((event.shard, event.action), []).append(event)
+        for (shard, action), group in groups.items():
+            low, high = min(e.silent_for for e in group), max(e.silent_for for e in group)
+            silent = f"{low:.2f}s" if high - low < 0.01 else f"{low:.2f}-{high:.2f}s"
+            what = group[0].stream if len(group) == 1 else f"{len(group)} streams"
+            if action == "resubscribed":
+                then = "resubscribed on the connection"
+            else:
+                then = "the connection is replaced, make-before-break"
+            text = f"stale: {what} silent for {silent} on shard {shard} → {then}"
+            self.view.event(self.now(), text, "yellow")
+
+    def flush_gaps(self) -> None:
+        if not self._pending_gaps:
+            return
+        gaps, self._pending_gaps = self._pending_gaps, []
+        back = [g for g, rejoined in gaps if rejoined]
+        if back:
+            self.view.event(
+                self.now(),
+                f"gaps reported on streams added back: {len(back)} stream(s), "
+                f"{sum(g.missing for g in back)} trade id(s) sent while they were removed",
+                "dim",
+            )
+        for across in (True, False):
+            group = [g for g, rejoined in gaps if g.across_reconnect is across and not rejoined]
+            if group:
+                missing = sum(g.missing for g in group)
+                where = "at a reconnect" if across else "within a connection"
+                self.view.event(
+                    self.now(),
+                    f"gaps reported {where}: {len(group)} stream(s), {missing} trade id(s) never received",
+                    "yellow",
+                )
+
+    # -- the run -----------------------------------------------------------------------------------
+
+    def _make_pool(self) -> Pool:
+        ids = itertools.count(1)
+        config = ClientConfig(
+            discriminator="e",
+            heartbeat=Heartbeat(interval=1.5, timeout=1.0),
+            reconnect=Reconnect(initial_delay=0.2, max_delay=1.0),
+        )
+        pool = Pool(
+            self.venue.url,
+            subscribe=lambda streams: {"method": "SUBSCRIBE", "params": list(streams), "id": next(ids)},
+            unsubscribe=lambda streams: {"method": "UNSUBSCRIBE", "params": list(streams), "id": next(ids)},
+            config=config,
+            limits=self.plan.limits(),
+            dedup_key=lambda m: (m.s, m.t),
+            stale_after=self.plan.stale_after,
+        )
+        pool.on(VenueTrade, self.on_trade)
+        pool.on_gap(self.on_gap)
+        pool.on_event(self.on_event)
+        pool.on_unknown(lambda frame: None)  # the venue's acknowledgements
+        return pool
+
+    async def run(self) -> int:
+        random.seed(self.seed)  # the backoff and age jitter, for repeatable runs
+        await self.venue.start()
+        try:
+            await self._run_pool()
+        finally:
+            await self.venue.stop()
+        return _print_pool_summary(self, sys.stdout)
+
+    async def _run_pool(self) -> None:
+        plan, venue = self.plan, self.venue
+        self.pool = pool = self._make_pool()
+        pool.add_streams(self.names)
+        self.t0 = time.monotonic()
+        self.view.start()
+        self.view.event(
+            0.0,
+            f"venue {venue.url}: at most {_PER_CONNECTION} streams and {_VENUE_MPS} messages/s per "
+            f"connection (pings and pongs count), {_VENUE_CONNECTS} connects per {_VENUE_CONNECT_WINDOW:g}s, "
+            f"connections cut at {plan.max_age:.1f}s",
+        )
+        self.view.event(
+            0.0,
+            f"the pool packs {len(self.names)} streams into {len(pool.shards)} shard(s); "
+            f"streams silent for {plan.stale_after:.2f}s are resubscribed",
+        )
+        schedule = asyncio.ensure_future(self._schedule())
+        ticker = asyncio.ensure_future(self._refresh())
+        try:
+            async with pool:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(plan.duration):
+                        await self.stop_event.wait()
+                if self.stop_event.is_set():
+                    self.view.event(self.now(), "interrupted: finishing cleanly", "yellow")
+                schedule.cancel()
+                await asyncio.gather(schedule, return_exceptions=True)
+                self.watch_shards()
+                self.final_shards = pool.shards
+        finally:
+            schedule.cancel()
+            ticker.cancel()
+            await asyncio.gather(schedule, ticker, return_exceptions=True)
+            self.final_stats = pool.stats
+            self.flush_stale()
+            self.flush_gaps()
+            self.view.stop(self)
+
+    async def _refresh(self) -> None:
+        while True:
+            self.watch_shards()
+            self.flush_stale()
+            self.flush_gaps()
+            now = time.monotonic()
+            self.trades_per_s = self._delivered_rate(now, self.delivered)
+            self.shard_per_s = {
+                i.index: self._shard_rates.setdefault(i.index, _Rate())(now, i.messages_in)
+                for i in self._shards.values()
+            }
+            self.venue_connections = len(self.venue.connections)
+            self.view.refresh(self)
+            await asyncio.sleep(0.25)
+
+    async def _schedule(self) -> None:
+        plan = self.plan
+        steps: list[tuple[float, str, Callable[[], Awaitable[None]]]] = [
+            (plan.mute_at, "the venue silently drops one stream on one connection", self._mute),
+            (plan.restart_at, f"the venue restarts, down for {plan.down_for:.2f}s", self._restart),
+            (plan.remove_at, "the application removes a batch of streams", self._remove),
+            (plan.add_at, "the application adds them back", self._add_back),
+        ]
+        for at, text, action in steps:
+            self.next_fault = f"{text} at {at:.1f}s"
+            delay = at - self.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await action()
+        self.next_fault = "none: the schedule is over"
+
+    async def _mute(self) -> None:
+        # On a connection young enough for the staleness watch to resubscribe, then replace it,
+        # before its age rotation would bring the stream back anyway; and not on either side of a
+        # rotation under way (its streams on two connections), whose switch would wait for it.
+        plan, venue = self.plan, self.venue
+        loop = asyncio.get_running_loop()
+        needed = 2.25 * plan.stale_after + 0.3  # two limits, a check period, the replacement's start
+        # At the latest when the watch can still act before the restart (the schedule keeps its times).
+        deadline = loop.time() + max(0.0, plan.restart_at - needed - self.now())
+        while True:
+            carried = Counter(s for c in venue.connections.values() for s in c.streams)
+            live = [
+                c for c in venue.connections.values() if c.streams and all(carried[s] == 1 for s in c.streams)
+            ]
+            young = max(live, key=lambda c: c.opened_at) if live else None
+            rotation_at = (
+                young.opened_at + plan.max_age * (1 - plan.age_jitter) - plan.overlap if young else 0.0
+            )
+            if young is not None and (rotation_at - loop.time() >= needed or loop.time() >= deadline):
+                break
+            await asyncio.sleep(0.02)
+        stream = young.streams[0]
+        venue.mute(stream, connection=young.id)
+        self.muted = stream
+        shard = self.pool.shard_of(stream) if self.pool is not None else None
+        self.view.event(
+            self.now(),
+            f"fault: the venue silently stops sending {stream} on connection #{young.id} (shard {shard}); "
+            "it stays subscribed there",
+            "bold magenta",
+        )
+
+    async def _restart(self) -> None:
+        self.view.event(
+            self.now(),
+            f"fault: the venue restarts: every connection reset, down for {self.plan.down_for:.2f}s "
+            "(its trades go on)",
+            "bold magenta",
+        )
+        await self.venue.restart(down_for=self.plan.down_for)
+        self.view.event(self.now(), "the venue is back up", "cyan")
+
+    async def _remove(self) -> None:
+        pool = self.pool
+        assert pool is not None
+        by_shard: dict[int | None, list[str]] = {}
+        for name in pool.streams:
+            if name != self.muted:
+                by_shard.setdefault(pool.shard_of(name), []).append(name)
+        total, shards = len(pool.streams), len(by_shard)
+        # Enough, taken evenly from every shard, for the rest to fit in one connection fewer.
+        count = max(1, total // 4)
+        if shards > 1:
+            count = max(count, total - (shards - 1) * _PER_CONNECTION + _PER_CONNECTION // 8)
+        count = min(count, total - 1)
+        chosen: list[str] = []
+        queues = list(by_shard.values())
+        while len(chosen) < count and any(queues):
+            for queue in queues:
+                if queue and len(chosen) < count:
+                    chosen.append(queue.pop())
+        if not chosen:
+            return
+        pool.remove_streams(chosen)
+        self.removed = chosen
+        self.removed_at = self.now()
+        left = total - len(chosen)
+        fits = math.ceil(left / _PER_CONNECTION)
+        then = (
+            f"{left} left fit in {fits} connection(s) → the pool moves the emptiest shard's streams "
+            "onto the others, make-before-break"
+            if fits < shards
+            else f"{left} left"
+        )
+        self.view.event(
+            self.now(),
+            f"change: the application removes {len(chosen)} streams from {shards} shard(s): {then}",
+            "bold blue",
+        )
+
+    async def _add_back(self) -> None:
+        pool = self.pool
+        if pool is None or not self.removed:
+            return
+        pool.add_streams(self.removed)
+        for name in self.removed:
+            self.ledger[name].rejoined = True
+        self.added_back_at = self.now()
+        self.view.event(
+            self.now(),
+            f"change: the application adds the {len(self.removed)} streams back → packed first-fit, "
+            "a new shard where none has room",
+            "bold blue",
+        )
+
+
+def _totals_line(demo: _PoolDemo, stats: PoolStats) -> str:
+    stale = f"{stats.stale_resubscribes} resubscribed, {stats.stale_replacements} replaced"
+    return (
+        f"{demo.trades_per_s:.0f} trades/s, "
+        f"{stats.duplicates_dropped} duplicates dropped, {stats.held} held, {len(demo.gaps)} gaps reported, "
+        f"stale {stale}, {stats.moves} moved, {demo.venue.total_violations} violations"
+    )
+
+
+class _PoolPlainView:
+    """Plain lines: every event as it happens, and the shards and totals every few seconds."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._last_status = 0.0
+
+    def start(self) -> None:
+        self._last_status = time.monotonic()
+
+    def event(self, at: float, text: str, style: str = "") -> None:
+        self._out.write(f"[{at:6.2f}s] {text}\n")
+        self._out.flush()
+
+    def refresh(self, demo: _PoolDemo) -> None:
+        period = max(1.0, demo.plan.duration / 10)
+        if time.monotonic() - self._last_status < period or demo.pool is None:
+            return
+        self._last_status = time.monotonic()
+        shards = " | ".join(
+            f"shard {i.index} {i.state.value.upper()} {i.streams} streams {i.connects} connects "
+            f"{i.rotations} rotations"
+            for i in demo.pool.shards
+        )
+        self.event(demo.now(), f"{shards}; {_totals_line(demo, demo.pool.stats)}")
+
+    def stop(self, demo: _PoolDemo) -> None:
+        pass
+
+
+class _PoolRichView:
+    """A live table (rich ``Live``): one row per shard, the pool's totals, the events."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self._console = Console()
+        self._live = Live(console=self._console, refresh_per_second=4, transient=False)
+        self._events: deque[tuple[float, str, str]] = deque(maxlen=12)
+
+    def start(self) -> None:
+        self._live.start()
+
+    def event(self, at: float, text: str, style: str = "") -> None:
+        self._events.append((at, text, style))
+
+    def refresh(self, demo: _PoolDemo) -> None:
+        self._live.update(self._render(demo))
+
+    def stop(self, demo: _PoolDemo) -> None:
+        self._live.update(self._render(demo))
+        self._live.stop()
+
+    def _render(self, demo: _PoolDemo) -> Any:
+        from rich.console import Group
+        from rich.panel import Panel
+        from rich.table import Table
+        from rich.text import Text
+
+        pool = demo.pool
+        assert pool is not None
+        stats = pool.stats
+        venue = demo.venue
+        shards = demo.final_shards or pool.shards  # at the end: as they were before the pool closed
+        header = Text()
+        header.append(f"{demo.trades_per_s:.0f} trades/s", style="bold")
+        header.append(
+            f"   streams {stats.streams}   shards {len(shards)}   venue connections "
+            f"{demo.venue_connections}   t {min(demo.now(), demo.plan.duration):.1f}/{demo.plan.duration:g}s"
+        )
+        table = Table(expand=True, pad_edge=False)
+        table.add_column("shard")
+        table.add_column("state")
+        for column in ("streams", "connects", "rotations", "msgs/s", "messages"):
+            table.add_column(column, justify="right")
+        for info in shards:
+            rate = demo.shard_per_s.get(info.index, 0.0)
+            table.add_row(
+                f"shard {info.index}",
+                Text(info.state.value.upper(), style=_STATE_STYLE.get(info.state, "bold")),
+                str(info.streams),
+                str(info.connects),
+                str(info.rotations),
+                f"{rate:.0f}",
+                str(info.messages_in),
+            )
+        violations = venue.total_violations
+        totals = Text()
+        totals.append(
+            f"duplicates dropped {stats.duplicates_dropped}   held {stats.held}   "
+            f"gaps reported {len(demo.gaps)}   stale {stats.stale_resubscribes} resubscribed / "
+            f"{stats.stale_replacements} replaced   moves {stats.moves}   rotations {stats.rotations}\n"
+            f"budget waits {stats.budget_waits}   connect waits {stats.connect_waits}   "
+            f"venue age cuts {venue.age_cuts}   "
+        )
+        totals.append(f"venue violations {violations}", style="bold green" if not violations else "bold red")
+        events = Text(no_wrap=True, overflow="ellipsis")
+        for i, (at, text, style) in enumerate(self._events):
+            events.append(f"{at:6.2f}s  " if i == 0 else f"\n{at:6.2f}s  ", style="dim")
+            events.append(text, style=style)
+        next_fault = Text(f"next: {demo.next_fault}", style="magenta")
+        body = Group(header, table, totals, next_fault, Panel(events, title="events", title_align="left"))
+        return Panel(
+            body,
+            title=f"wsclient demo --pool: {len(demo.names)} streams over a Pool → fake venue {venue.url}",
+            title_align="left",
+            subtitle="Ctrl-C ends it early with the summary",
+        )
+
+
+def _print_pool_summary(demo: _PoolDemo, out: TextIO) -> int:
+    stats = demo.final_stats
+    assert stats is not None
+    venue = demo.venue
+    ledgers = demo.ledger
+    broken = [name for name, entry in ledgers.items() if not entry.ok]
+    gaps = sum(e.gaps for e in ledgers.values())
+    gap_ids = sum(e.gap_ids for e in ledgers.values())
+    gap_streams = sum(1 for e in ledgers.values() if e.gaps)
+    unreported = sum(e.unreported for e in ledgers.values())
+    repeated = sum(e.repeated for e in ledgers.values())
+    removed_ids = sum(e.removed_ids for e in ledgers.values())
+    removed_reported = sum(e.removed_reported for e in ledgers.values())
+    removed_for = ""
+    if demo.removed_at is not None:
+        if demo.added_back_at is not None:
+            removed_for = f" for {demo.added_back_at - demo.removed_at:.1f}s"
+        else:
+            removed_for = " (not added back: the run ended first)"
+    muted = [e for e in demo.stale if e.stream == demo.muted]
+    muted_steps = (
+        f"{demo.muted}, muted on purpose: {' then '.join(e.action for e in muted) or 'not seen'}; "
+        f"{len(demo.stale) - len(muted)} step(s) for other streams"
+        if demo.muted
+        else "no stream was muted"
+    )
+    violations = venue.total_violations
+    kinds = ", ".join(f"{kind} {venue.violations[kind]}" for kind in ("streams", "rate", "connects"))
+    closed = f"; closed during the run: {', '.join(f'shard {i}' for i in demo.closed_shards)}"
+    lines = [
+        "",
+        f"Summary after {demo.now():.1f}s (pool scene)",
+        f"  streams:             {len(demo.names)}, at most {_PER_CONNECTION} per connection",
+        f"  shards:              {len(demo.final_shards)} at the end{closed if demo.closed_shards else ''}",
+    ]
+    for info in demo.final_shards:
+        lines.append(
+            f"    shard {info.index:<3} {info.state.value.upper():<12} {info.streams} streams, "
+            f"{info.connects} connects, {info.rotations} rotations, {info.messages_in} messages"
+        )
+    lines += [
+        f"  trades delivered:    {demo.delivered} (frames received: {stats.messages_in})",
+        f"  rotations:           {stats.rotations} (venue age cuts: {venue.age_cuts})",
+        f"  duplicates dropped:  {stats.duplicates_dropped} (the overlaps of rotations and moves); "
+        f"{stats.held} held, then delivered in order",
+        f"  moves:               {stats.moves} streams moved between shards",
+        f"  stale streams:       {stats.stale_resubscribes} resubscribed, {stats.stale_replacements} "
+        f"connection(s) replaced ({muted_steps})",
+        f"  gaps reported:       {gaps} on {gap_streams} streams: {gap_ids} trade ids the venue sent while "
+        "no connection could receive them, each gap reported to on_gap",
+        f"  removed on purpose:  {len(demo.removed)} streams{removed_for}: {removed_ids} trade ids not "
+        f"subscribed to ({removed_reported} of these jumps reported to on_gap too)",
+        f"  copies delivered:    {repeated} (or out of order); unreported gaps: {unreported}",
+        f"  budget:              {stats.budget_waits} messages waited for the message budget, "
+        f"{stats.connect_waits} connects for the connect quota ({demo.connect_failures} failed attempts)",
+        f"  venue violations:    {violations} ({kinds})",
+    ]
+    ok = not broken and violations == 0
+    if ok:
+        lines.append(
+            f"  accounting:          every trade id reached the handlers exactly once, in order, "
+            f"except the {gap_ids} ids of {gaps} reported gaps and the {removed_ids} of removed streams: OK"
+        )
+    else:
+        lines.append(
+            f"  accounting:          MISMATCH: {len(broken)} stream(s) broken ({repeated} copies or out of "
+            f"order, {unreported} unreported gaps), {violations} violations"
+        )
+    lines.append("  streams, one by one:")
+    for name, entry in ledgers.items():
+        if entry.first is None:
+            lines.append(f"    {name:<12} nothing delivered: MISMATCH")
+            continue
+        parts = [f"ids {entry.first}-{entry.last}: {entry.delivered} delivered"]
+        if entry.gaps:
+            parts.append(f"{entry.gaps} reported gap(s) of {entry.gap_ids} ids")
+        if entry.removed_ids:
+            parts.append(f"{entry.removed_ids} ids while removed")
+        if entry.repeated:
+            parts.append(f"{entry.repeated} copies or out of order")
+        if entry.unreported:
+            parts.append(f"{entry.unreported} UNREPORTED gap(s) of {entry.unreported_ids} ids")
+        verdict = "exactly once, in order: OK" if entry.ok else "MISMATCH"
+        lines.append(f"    {name:<12} {', '.join(parts)}; {verdict}")
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+    if not ok:
+        raise CliError("the pool scene's accounting does not add up: see the summary", EXIT_ERROR)
+    return EXIT_OK
+
+
 def _rich_wanted(args: argparse.Namespace) -> bool:
     if args.plain or not sys.stdout.isatty():
         return False
@@ -1141,6 +1876,11 @@ def _rich_wanted(args: argparse.Namespace) -> bool:
 
 
 async def _demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    if args.pool:
+        scene = _PoolDemo(args, stop)
+        if _rich_wanted(args):
+            scene.view = _PoolRichView()
+        return await scene.run()
     demo = _Demo(args, stop)
     if _rich_wanted(args):
         demo.view = _RichView()

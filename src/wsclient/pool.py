@@ -17,9 +17,10 @@ make-before-break. Removing streams sends the unsubscribe messages, closes shard
 the streams left fit in fewer connections, moves the streams of the emptiest shard onto the others,
 make-before-break.
 
-With ``stale_after``, the pool watches every stream: one silent for longer than its limit is
-resubscribed on its connection; if that brings nothing within another limit, the connection is
-replaced (make-before-break). Each step is a :class:`StreamStale` event and a counter.
+With ``stale_after``, the pool watches every stream: one silent for longer than its limit (counted while
+its connection is open: a reconnect replays its subscription anyway) is resubscribed on its connection;
+if that brings nothing within another limit, the connection is replaced (make-before-break). Each step
+is a :class:`StreamStale` event and a counter.
 """
 
 from __future__ import annotations
@@ -583,6 +584,14 @@ class Pool:
         now = self._now()
         auto = self._stale_after == "auto"
         default = None if auto else float(self._stale_after)  # type: ignore[arg-type]
+        # A stream whose connection is down is silent for that reason; the reconnect replays its
+        # subscription. Its silence counts from when the connection is open again.
+        down = {
+            stream
+            for shard in self._shards
+            if shard.client.state is not ConnectionState.OPEN
+            for stream in shard.of
+        }
         for stream, watch in self._watch.items():
             seq = dedup.sequences.last(stream)
             if seq != watch.last_seq:
@@ -593,6 +602,9 @@ class Pool:
                     # Learned: as long as 20 messages take at the observed rate.
                     watch.learned = 20.0 / rate if rate > 0 else None
                 watch.last_seq, watch.since, watch.step = seq, now, 0
+                continue
+            if stream in down:
+                watch.since, watch.step = now, 0
                 continue
             limit = watch.limit if watch.limit is not None else default
             if limit is None:
