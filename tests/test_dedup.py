@@ -15,6 +15,7 @@ from wsclient import Client, ClientConfig, Heartbeat, Message, SequenceGap, Venu
 from wsclient.dedup import Dedup, Judgement
 from wsclient.routing import Router, SequenceTracker
 from wsclient.testing import VenueRules, VenueServer
+from wsclient.transport.memory import MemoryServer
 
 D, X, H = Judgement.DELIVER, Judgement.DROP, Judgement.HOLD
 
@@ -216,3 +217,33 @@ async def test_age_rotations_keep_the_feed_whole_under_a_venue_that_cuts() -> No
     assert stats.connects == stats.rotations + 1, "no reconnect: only rotations"
     assert not contiguous(seen), contiguous(seen)
     assert gaps == []
+
+
+@pytest.mark.looptime
+async def test_a_subscription_added_during_a_rotation_reaches_the_new_connection() -> None:
+    server = MemoryServer()
+    client = Client(
+        "ws://venue.test/ws",
+        config=ClientConfig(discriminator="e", heartbeat=Heartbeat(mode="off")),
+        connector=server.connect,
+        dedup_key=lambda m: (m.s, m.t),
+    )
+    seen: list[int] = []
+    client.on(Trade, lambda m: seen.append(m.t))
+    client.subscribe("first")
+    async with client:
+        await client.wait_open(5)
+        old = server.connections[0]
+        old.send(trade("x@trade", 1))  # the old link carries x: the switch waits for the new one to
+        await until(lambda: seen == [1])
+        assert client.rotate(overlap=10.0)
+        new = await server.wait_connections(2)
+        await new.wait_received(1)  # its replay
+        await asyncio.sleep(0.5)  # virtual time: the rotation waits for x on the new link
+        assert client.stats.rotations == 0
+        client.subscribe("second")
+        new.send(trade("x@trade", 1), trade("x@trade", 2))  # caught up: the switch follows
+        await until(lambda: client.stats.rotations == 1 and seen == [1, 2])
+        await new.wait_received(2)
+    assert new.received == ["first", "second"], "the new connection got the late subscription"
+    assert old.received == ["first", "second"]

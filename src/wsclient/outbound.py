@@ -219,6 +219,12 @@ class Outbound:
             # The current link has replayed already: send it like any other message.
             self.enqueue(self.encode(sub.build()))
             sub.sent_on = link.id
+        opening = self.opening
+        if opening is not None and opening.phase.replayed:
+            # A rotation's new link has replayed already too: it gets the subscription before it
+            # takes over (an earlier replay cannot have included it).
+            self._opening_deltas.append(self.encode(sub.build()))
+            sub.previous_on, sub.sent_on = sub.sent_on, opening.id
         return sub
 
     def _delta(self, sub: Subscription, message: Outgoing) -> bool:
