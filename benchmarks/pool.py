@@ -32,6 +32,7 @@ from pydantic import TypeAdapter
 from benchmarks.feed import trade_streams
 from benchmarks.profiling import profiled
 from wsclient import Message
+from wsclient.testing.venue import VenueTrade
 
 __all__ = [
     "POOL_VARIANTS",
@@ -61,17 +62,6 @@ class Trade(Message):
 
 
 TRADE: TypeAdapter[Trade] = TypeAdapter(Trade)
-
-
-class VenueTrade(Message):
-    """VenueServer's trades (the resubscribe runs)."""
-
-    e: Literal["trade"]
-    s: str
-    t: int
-    p: Decimal
-    q: Decimal
-    E: int
 
 
 def subscribe_message() -> Callable[[Sequence[str]], dict[str, Any]]:

@@ -33,7 +33,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal, NoReturn, Protocol, TextIO
+from typing import Any, Generic, Literal, NoReturn, Protocol, TextIO, TypeVar
 
 from pydantic import ValidationError
 
@@ -61,7 +61,7 @@ from .routing import Message, SequenceGap
 from .state import ConnectionState
 from .testing.feed import CHANNELS, DEFAULT_SYMBOLS, FeedServer
 from .testing.proxy import ChaosProxy
-from .testing.venue import VenueRules, VenueServer
+from .testing.venue import VenueRules, VenueServer, VenueTrade
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -1009,8 +1009,20 @@ def _status_line(demo: _Demo) -> str:
     return f"{client.state.value.upper():<12} rtt {rtt:<8} " + " | ".join(parts)
 
 
-class _PlainView:
-    """Plain lines: every event as it happens, and a status line every few seconds."""
+class _Timed(Protocol):
+    """What a view needs of a demo: its plan (with its ``duration``) and its clock."""
+
+    plan: Any
+
+    def now(self) -> float: ...
+
+
+_D = TypeVar("_D", bound=_Timed)
+
+
+class _Lines(Generic[_D]):
+    """Plain lines: every event as it happens, and a status line every tenth of the run (at least
+    every second)."""
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
@@ -1023,14 +1035,27 @@ class _PlainView:
         self._out.write(f"[{at:6.2f}s] {text}\n")
         self._out.flush()
 
-    def refresh(self, demo: _Demo) -> None:
+    def refresh(self, demo: _D) -> None:
         period = max(1.0, demo.plan.duration / 10)
-        if time.monotonic() - self._last_status >= period and demo.client is not None:
+        if time.monotonic() - self._last_status < period:
+            return
+        line = self._status(demo)
+        if line is not None:
             self._last_status = time.monotonic()
-            self.event(demo.now(), _status_line(demo))
+            self.event(demo.now(), line)
 
-    def stop(self, demo: _Demo) -> None:
+    def _status(self, demo: _D) -> str | None:
+        raise NotImplementedError
+
+    def stop(self, demo: _D) -> None:
         pass
+
+
+class _PlainView(_Lines["_Demo"]):
+    """The client's state, round-trip time and per-symbol prices and rates."""
+
+    def _status(self, demo: _Demo) -> str | None:
+        return _status_line(demo) if demo.client is not None else None
 
 
 _STATE_STYLE = {
@@ -1041,8 +1066,8 @@ _STATE_STYLE = {
 }
 
 
-class _RichView:
-    """A live table (rich ``Live``): state, round-trip time, per-symbol prices and rates, events."""
+class _LiveView(Generic[_D]):
+    """A live table (rich ``Live``) redrawn from a demo's state, with the latest events."""
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -1058,12 +1083,19 @@ class _RichView:
     def event(self, at: float, text: str, style: str = "") -> None:
         self._events.append((at, text, style))
 
-    def refresh(self, demo: _Demo) -> None:
+    def refresh(self, demo: _D) -> None:
         self._live.update(self._render(demo))
 
-    def stop(self, demo: _Demo) -> None:
+    def stop(self, demo: _D) -> None:
         self._live.update(self._render(demo))
         self._live.stop()
+
+    def _render(self, demo: _D) -> Any:
+        raise NotImplementedError
+
+
+class _RichView(_LiveView["_Demo"]):
+    """State, round-trip time, per-symbol prices and rates, events."""
 
     def _render(self, demo: _Demo) -> Any:
         from rich.console import Group
@@ -1173,16 +1205,6 @@ _PER_CONNECTION = 40  # 120 streams: three shards
 _VENUE_MPS = 5  # messages per second per connection, pings and pongs counted (Binance's rule)
 _VENUE_CONNECTS = 10  # connection attempts per _VENUE_CONNECT_WINDOW, per client
 _VENUE_CONNECT_WINDOW = 2.0
-
-
-class VenueTrade(Message):
-    """A trade of the pool scene's Binance-like venue: ``s`` the stream, ``t`` the trade id."""
-
-    e: Literal["trade"]
-    s: str
-    t: int
-    p: Decimal
-    q: Decimal
 
 
 @dataclass
@@ -1663,59 +1685,22 @@ def _totals_line(demo: _PoolDemo, stats: PoolStats) -> str:
     )
 
 
-class _PoolPlainView:
-    """Plain lines: every event as it happens, and the shards and totals every few seconds."""
+class _PoolPlainView(_Lines["_PoolDemo"]):
+    """The shards and the pool's totals."""
 
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._last_status = 0.0
-
-    def start(self) -> None:
-        self._last_status = time.monotonic()
-
-    def event(self, at: float, text: str, style: str = "") -> None:
-        self._out.write(f"[{at:6.2f}s] {text}\n")
-        self._out.flush()
-
-    def refresh(self, demo: _PoolDemo) -> None:
-        period = max(1.0, demo.plan.duration / 10)
-        if time.monotonic() - self._last_status < period or demo.pool is None:
-            return
-        self._last_status = time.monotonic()
+    def _status(self, demo: _PoolDemo) -> str | None:
+        if demo.pool is None:
+            return None
         shards = " | ".join(
             f"shard {i.index} {i.state.value.upper()} {i.streams} streams {i.connects} connects "
             f"{i.rotations} rotations"
             for i in demo.pool.shards
         )
-        self.event(demo.now(), f"{shards}; {_totals_line(demo, demo.pool.stats)}")
-
-    def stop(self, demo: _PoolDemo) -> None:
-        pass
+        return f"{shards}; {_totals_line(demo, demo.pool.stats)}"
 
 
-class _PoolRichView:
-    """A live table (rich ``Live``): one row per shard, the pool's totals, the events."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.live import Live
-
-        self._console = Console()
-        self._live = Live(console=self._console, refresh_per_second=4, transient=False)
-        self._events: deque[tuple[float, str, str]] = deque(maxlen=12)
-
-    def start(self) -> None:
-        self._live.start()
-
-    def event(self, at: float, text: str, style: str = "") -> None:
-        self._events.append((at, text, style))
-
-    def refresh(self, demo: _PoolDemo) -> None:
-        self._live.update(self._render(demo))
-
-    def stop(self, demo: _PoolDemo) -> None:
-        self._live.update(self._render(demo))
-        self._live.stop()
+class _PoolRichView(_LiveView["_PoolDemo"]):
+    """One row per shard, the pool's totals, the events."""
 
     def _render(self, demo: _PoolDemo) -> Any:
         from rich.console import Group

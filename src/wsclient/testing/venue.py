@@ -34,7 +34,25 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Event
 
-__all__ = ["VenueConnectionInfo", "VenueRules", "VenueServer"]
+from wsclient.routing import Message
+
+__all__ = ["VenueConnectionInfo", "VenueRules", "VenueServer", "VenueTrade"]
+
+
+class VenueTrade(Message):
+    """A trade event of :class:`VenueServer`, as a typed message (tag field ``e``: use
+    ``ClientConfig(discriminator="e")``); ``dedup_key=lambda m: (m.s, m.t)``."""
+
+    e: Literal["trade"]
+    s: str
+    """The stream, e.g. ``"btc@trade"``."""
+    t: int
+    """The trade id, contiguous per stream."""
+    p: Decimal
+    q: Decimal
+    E: int
+    """Event time, milliseconds."""
+
 
 _STREAM_NAME: Final = re.compile(r"[^@\s]{1,100}@(trade|depth)")
 # Every live stream is advanced on every tick, so their number is what bounds the generator's work.
