@@ -95,7 +95,8 @@ class Outbound:
         self._writer: asyncio.Task[None] | None = None
         self.opening: Link | None = None
         """A link being opened beside the primary one (a rotation), set by the supervisor."""
-        self._opening_deltas: list[Data] = []
+        # Made by the first change during a rotation: an idle client holds none (56 B).
+        self._opening_deltas: list[Data] | None = None
         self._clock = (
             _loop_time  # the loop's clock (a virtual one in tests); the client is made before a loop runs
         )
@@ -244,7 +245,7 @@ class Outbound:
         if opening is not None and opening.phase.replayed:
             # A rotation's new link has replayed already too: it gets the subscription before it
             # takes over (an earlier replay cannot have included it).
-            self._opening_deltas.append(_subscribe_frame(self.encode(sub.build())))
+            self._hold_for_opening(_subscribe_frame(self.encode(sub.build())))
             sub.previous_on, sub.sent_on = sub.sent_on, opening.id
         return sub
 
@@ -254,7 +255,7 @@ class Outbound:
         if opening is not None and sub.sent_on == opening.id:
             # Replayed already on a link opened beside the primary one (a rotation): it gets the
             # change before it takes over (see flush_opening()).
-            self._opening_deltas.append(_subscribe_frame(self.encode(message)))
+            self._hold_for_opening(_subscribe_frame(self.encode(message)))
             queued = True
         link = self.link
         if link is not None and link.id in (sub.sent_on, sub.previous_on) and link.phase.is_live:
@@ -262,18 +263,24 @@ class Outbound:
             queued = True
         return queued
 
+    def _hold_for_opening(self, data: Data) -> None:
+        if self._opening_deltas is None:
+            self._opening_deltas = []
+        self._opening_deltas.append(data)
+
     def adopt_opening(self, *, keep: bool = True) -> None:
         """The rotation's new link became primary (``keep``: changes not yet sent on it join the
         outbox) or was abandoned (they are dropped: the primary link got its own copy)."""
-        deltas, self._opening_deltas = self._opening_deltas, []
+        deltas, self._opening_deltas = self._opening_deltas or [], None
         if keep:
             for data in deltas:
                 self.enqueue(data)
 
     async def flush_opening(self, link: Link) -> None:
         """Send, on a rotation's new link, the subscription changes made after its replay."""
-        while self._opening_deltas:  # bounded: each pass sends one
-            data = self._opening_deltas.pop(0)
+        deltas = self._opening_deltas
+        while deltas:  # bounded: each pass sends one
+            data = deltas.pop(0)
             await self.send_on(link, data, subscribe=_is_subscribe(data))
 
     async def _cancel(self, sub: Subscription) -> None:
