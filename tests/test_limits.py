@@ -289,3 +289,22 @@ async def test_a_failing_refresh_is_a_connect_failure_with_its_cause() -> None:
     assert all("URL function" in f.reason and "unreachable" in f.reason for f in failures), failures
     assert len(server.handshakes) == 1
     assert issubclass(RefreshFailed, Exception)
+
+
+@pytest.mark.looptime
+async def test_subscriptions_count_against_the_hourly_budget_replayed_or_live() -> None:
+    server = MemoryServer()
+    client = make_client(server, VenueLimits(subscribes_per_hour=3, margin=0.0))
+    client.subscribe("sub-1")
+    client.subscribe("sub-2")
+    async with client:
+        await client.wait_open(10)
+        conn = server.connections[0]
+        await client.send("data")  # not a subscription: not counted
+        client.subscribe("sub-3")
+        client.subscribe("sub-4")  # the fourth within the hour waits for the first to age out
+        await conn.wait_received(5, timeout=4000)
+    sent = dict(zip(conn.received, conn.received_at, strict=True))
+    assert list(sent) == ["sub-1", "sub-2", "data", "sub-3", "sub-4"]
+    assert sent["sub-3"] - sent["sub-1"] < 1.0
+    assert sent["sub-4"] - sent["sub-1"] == pytest.approx(3600.0)

@@ -34,6 +34,27 @@ M = TypeVar("M", bound=BaseModel)
 LOST_IN_FLIGHT = "connection lost while sending"
 
 
+class _SubscribeText(str):
+    """A subscription's frame (text) waiting in the outbox: it counts against the venue's
+    subscription budget when it leaves (``VenueLimits.subscribes_per_hour``)."""
+
+    __slots__ = ()
+
+
+class _SubscribeBytes(bytes):
+    """A subscription's frame (binary) waiting in the outbox."""
+
+    __slots__ = ()
+
+
+def _subscribe_frame(data: Data) -> Data:
+    return _SubscribeText(data) if isinstance(data, str) else _SubscribeBytes(data)
+
+
+def _is_subscribe(data: Data) -> bool:
+    return data.__class__ is _SubscribeText or data.__class__ is _SubscribeBytes
+
+
 class Outbound:
     """Sends for one client, on whichever link is primary."""
 
@@ -74,7 +95,8 @@ class Outbound:
         self._writer: asyncio.Task[None] | None = None
         self.opening: Link | None = None
         """A link being opened beside the primary one (a rotation), set by the supervisor."""
-        self._opening_deltas: list[Data] = []
+        # Made by the first change during a rotation: an idle client holds none (56 B).
+        self._opening_deltas: list[Data] | None = None
         self._clock = (
             _loop_time  # the loop's clock (a virtual one in tests); the client is made before a loop runs
         )
@@ -177,7 +199,7 @@ class Outbound:
             while outbox:
                 data = outbox.pop()
                 try:
-                    await self.send_on(link, data)
+                    await self.send_on(link, data, subscribe=_is_subscribe(data))
                 except ConnectionLostError as exc:
                     self.dropped(data, LOST_IN_FLIGHT)
                     raise LinkDown(exc.__cause__ or exc) from None
@@ -217,13 +239,13 @@ class Outbound:
         link = self.link
         if link is not None and link.phase.replayed:
             # The current link has replayed already: send it like any other message.
-            self.enqueue(self.encode(sub.build()))
+            self.enqueue(_subscribe_frame(self.encode(sub.build())))
             sub.sent_on = link.id
         opening = self.opening
         if opening is not None and opening.phase.replayed:
             # A rotation's new link has replayed already too: it gets the subscription before it
             # takes over (an earlier replay cannot have included it).
-            self._opening_deltas.append(self.encode(sub.build()))
+            self._hold_for_opening(_subscribe_frame(self.encode(sub.build())))
             sub.previous_on, sub.sent_on = sub.sent_on, opening.id
         return sub
 
@@ -233,26 +255,33 @@ class Outbound:
         if opening is not None and sub.sent_on == opening.id:
             # Replayed already on a link opened beside the primary one (a rotation): it gets the
             # change before it takes over (see flush_opening()).
-            self._opening_deltas.append(self.encode(message))
+            self._hold_for_opening(_subscribe_frame(self.encode(message)))
             queued = True
         link = self.link
         if link is not None and link.id in (sub.sent_on, sub.previous_on) and link.phase.is_live:
-            self.enqueue(self.encode(message))
+            self.enqueue(_subscribe_frame(self.encode(message)))
             queued = True
         return queued
+
+    def _hold_for_opening(self, data: Data) -> None:
+        if self._opening_deltas is None:
+            self._opening_deltas = []
+        self._opening_deltas.append(data)
 
     def adopt_opening(self, *, keep: bool = True) -> None:
         """The rotation's new link became primary (``keep``: changes not yet sent on it join the
         outbox) or was abandoned (they are dropped: the primary link got its own copy)."""
-        deltas, self._opening_deltas = self._opening_deltas, []
+        deltas, self._opening_deltas = self._opening_deltas or [], None
         if keep:
             for data in deltas:
                 self.enqueue(data)
 
     async def flush_opening(self, link: Link) -> None:
         """Send, on a rotation's new link, the subscription changes made after its replay."""
-        while self._opening_deltas:  # bounded: each pass sends one
-            await self.send_on(link, self._opening_deltas.pop(0))
+        deltas = self._opening_deltas
+        while deltas:  # bounded: each pass sends one
+            data = deltas.pop(0)
+            await self.send_on(link, data, subscribe=_is_subscribe(data))
 
     async def _cancel(self, sub: Subscription) -> None:
         self._session.subscriptions.remove(sub)
