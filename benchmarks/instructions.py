@@ -9,6 +9,7 @@ is measured for another revision (checked out in a temporary git worktree) for c
 
     python -m benchmarks.instructions --variants wsclient-typed-sync,wsclient-typed-async
     python -m benchmarks.instructions --variants wsclient-typed-async --base e5a3819
+    python -m benchmarks.instructions --variants bare,pool-nodedup,pool   # the pool measure's variants
 
 Needs valgrind (Debian: ``apt-get install valgrind``). Slow: a minute or two per variant and tree.
 The bare ``websockets`` variants keep websockets' own keepalive on, whose 20 s pong timeout a
@@ -60,9 +61,36 @@ def _server(n: int) -> Iterator[int]:
         process.wait(timeout=10)
 
 
+POOL_VARIANTS = ("bare", "client", "pool-nodedup", "pool")
+"""The pool measure's variants (``benchmarks.pool``): 100 streams, one connection or a pool of four."""
+
+
+def _spec(variant: str, port: int, n: int, run: int) -> dict[str, object]:
+    if variant in POOL_VARIANTS:
+        per_stream = max(1, n // 100)
+        return {
+            "measure": "pool_throughput",
+            "variant": variant,
+            "url": f"ws://127.0.0.1:{port}/trades?streams=100&per_stream={per_stream}&run=i{run}",
+            "streams": 100,
+            "per_stream": per_stream,
+            "timeout": 900,
+            "no_keepalive": True,
+        }
+    return {
+        "measure": "throughput",
+        "variant": variant,
+        "url": f"ws://127.0.0.1:{port}/stream",
+        "n": n,
+        "timeout": 900,
+    }
+
+
+_runs = iter(range(1, 1_000_000))
+
+
 def _instructions(tree: Path, variant: str, port: int, n: int) -> int:
-    spec = {"measure": "throughput", "url": f"ws://127.0.0.1:{port}/stream", "n": n, "timeout": 900}
-    spec["variant"] = variant
+    spec = _spec(variant, port, n, next(_runs))
     env = dict(os.environ, PYTHONPATH=f"{tree / 'src'}{os.pathsep}{tree}")
     with tempfile.TemporaryDirectory() as tmp:
         result = subprocess.run(

@@ -120,11 +120,16 @@ class TradeSink:
             self.done()
 
 
-async def run_bare(url: str, streams: list[str], sink: TradeSink) -> dict[str, Any]:
-    """One ``websockets`` connection subscribed to every stream; ``validate_json`` into Trade."""
+async def run_bare(
+    url: str, streams: list[str], sink: TradeSink, *, keepalive: bool = True
+) -> dict[str, Any]:
+    """One ``websockets`` connection subscribed to every stream; ``validate_json`` into Trade.
+
+    ``keepalive=False`` turns websockets' own pings off: under valgrind (benchmarks/instructions.py)
+    the process is ~50x slower and would miss its own pong deadline."""
     from websockets.asyncio.client import connect
 
-    async with connect(url, compression=None, max_size=2**20) as ws:
+    async with connect(url, compression=None, max_size=2**20, ping_interval=20 if keepalive else None) as ws:
         await ws.send(json.dumps(subscribe_message()(streams)))
         ack = await ws.recv()
         if not str(ack).startswith('{"result"'):
@@ -200,6 +205,8 @@ POOL_VARIANTS: dict[str, tuple[str, Callable[..., Any], dict[str, Any]]] = {
 
 def pool_throughput(spec: dict[str, Any]) -> dict[str, Any]:
     _, runner, kwargs = POOL_VARIANTS[spec["variant"]]
+    if spec.get("no_keepalive") and runner is run_bare:
+        kwargs = {**kwargs, "keepalive": False}
     streams = trade_streams(int(spec["streams"]))
     total = len(streams) * int(spec["per_stream"])
     sink = TradeSink(total)

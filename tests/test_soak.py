@@ -44,7 +44,9 @@ async def test_short_chaos_soak(caplog: pytest.LogCaptureFixture) -> None:
     # their frames included) for the report, which would read as growth. The soak checks behaviour.
     caplog.set_level(logging.CRITICAL, logger="wsclient")
     # Short calm periods: eleven kinds of fault must all fit in the ~24 s before the calm tail.
-    report = await run_soak(30.0, SEED, calm=(0.2, 0.6))
+    # A slack of 4 s (not the default 3): on a loaded machine the flood itself slows, and the pongs
+    # take longer to pile up past the client's limit; a link stuck OPEN stays up for ever anyway.
+    report = await run_soak(30.0, SEED, calm=(0.2, 0.6), slack=4.0)
     print(report.format())
     failures = report.failures
     assert failures == [], report.format()
