@@ -22,7 +22,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["ConnectGate", "SlidingWindow"]
+__all__ = ["ConnectGate", "LinkBudgets", "SlidingWindow"]
 
 
 class SlidingWindow:
@@ -147,3 +147,26 @@ class ConnectGate:
 
     def __repr__(self) -> str:
         return f"<ConnectGate {self._window.limit} per {self._window.window:g}s, {self.attempts} attempts>"
+
+
+class LinkBudgets:
+    """One connection's budgets under a venue's limits (made only when limits are configured)."""
+
+    __slots__ = ("count_pings", "messages", "reserve", "subscribes")
+
+    def __init__(
+        self,
+        messages: SlidingWindow | None,
+        subscribes: SlidingWindow | None,
+        *,
+        reserve: int = 0,
+        count_pings: bool = False,
+    ) -> None:
+        self.messages = messages
+        """Client messages (``VenueLimits.messages_per_second``)."""
+        self.subscribes = subscribes
+        """Subscription messages (``VenueLimits.subscribes_per_hour``)."""
+        self.reserve = reserve
+        """Slots of :attr:`messages` data leaves to the heartbeat."""
+        self.count_pings = count_pings
+        """Whether the heartbeat's pings are counted in :attr:`messages`."""

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections.abc import Callable
 from typing import Any
 
 from .codec import Data
 from .events import ClientEvent
-from .logs import LogLimiter
+from .logs import Log, LogLimiter
 from .routing import SequenceGap
 
 __all__ = ["Callbacks"]
@@ -30,7 +29,7 @@ class Callbacks:
 
     def __init__(
         self,
-        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        log: Log,
         limiter: LogLimiter,
         redact: Callable[[str], str],
     ) -> None:

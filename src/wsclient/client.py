@@ -35,7 +35,7 @@ from .dedup import Dedup
 from .errors import ClientClosedError, ConfigError, RefreshFailed
 from .events import ClientEvent, ClientStats
 from .inbound import Inbound
-from .logs import LogLimiter
+from .logs import ClientLog, LogLimiter
 from .outbound import Outbound
 from .policy import describe
 from .redact import Redactor, connection_secrets, redact_url
@@ -122,7 +122,7 @@ class Client:
             headers_source = headers
         elif headers is not None:
             plain_headers = dict(headers)
-        config = self._config = config if config is not None else ClientConfig()
+        config = self._config = config if config is not None else _default_config()
         redactor = self._redactor = Redactor((*connection_secrets(url, plain_headers), *extra))
         self._safe_url = (
             f"<url from {_name(url_source)}()>" if url_source is not None else redactor.text(redact_url(url))
@@ -137,7 +137,7 @@ class Client:
             refresh = _refresher(url_source, headers_source, redactor)
         headers = plain_headers
         self._id = next(_client_ids)
-        log = self._log = logging.LoggerAdapter(logger, {"wsclient_client": self._id})
+        log = self._log = ClientLog(logger, self._id)
         # What a server can make happen once per frame is logged a few times a minute, not per frame.
         limiter = LogLimiter()
         callbacks = self._callbacks = Callbacks(log, limiter, redactor.text)
@@ -565,3 +565,13 @@ def _refresher(
         return dataclasses.replace(options, url=url, headers=headers, secrets=redactor.secrets)
 
     return refresh
+
+
+_DEFAULT_CONFIG: list[ClientConfig] = []
+
+
+def _default_config() -> ClientConfig:
+    # One shared instance (the models are frozen): ~0.5 KiB saved per client made without a config.
+    if not _DEFAULT_CONFIG:
+        _DEFAULT_CONFIG.append(ClientConfig())
+    return _DEFAULT_CONFIG[0]

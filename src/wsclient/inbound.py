@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
@@ -29,7 +28,7 @@ from .config import ClientConfig
 from .dedup import Dedup
 from .events import MessageDropped
 from .heartbeat import Liveness, PongWatch
-from .logs import LogLimiter
+from .logs import Log, LogLimiter
 from .redact import Redactor
 from .routing import (
     SYNC_HANDLER_FAILURES,
@@ -135,9 +134,8 @@ class Inbound:
         "_callbacks",
         "_config",
         "_counters",
-        "_dedup",
-        "_dedup_key",
         "_dispatcher",
+        "_keyed",
         "_limit",
         "_limiter",
         "_log",
@@ -163,14 +161,14 @@ class Inbound:
         requests: RequestTracker,
         redactor: Redactor,
         limiter: LogLimiter,
-        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        log: Log,
         *,
         dedup: Dedup | None = None,
         dedup_key: SeqKey | None = None,
     ) -> None:
         self._config = config
-        self._dedup = dedup
-        self._dedup_key = dedup_key
+        # (de-duplicator, its key), for the router when it is made; one slot rather than two.
+        self._keyed = (dedup, dedup_key) if dedup is not None or dedup_key is not None else None
         self._requests = requests
         # Made by the first model, on_unknown hook or request: a client reading raw frames only
         # never pays for one (~1 KiB).
@@ -213,8 +211,8 @@ class Inbound:
                 requests=self._requests,
                 log_limiter=self._limiter,
                 redact=self._redactor.text,
-                dedup=self._dedup,
-                default_seq_key=self._dedup_key,
+                dedup=self._keyed[0] if self._keyed is not None else None,
+                default_seq_key=self._keyed[1] if self._keyed is not None else None,
             )
         return router
 
@@ -309,10 +307,11 @@ class Inbound:
     def end_move(self, stream: Hashable) -> None:
         """A stream moved here from another connection has left the other one: what this one held
         for it follows, in order."""
-        if self._dedup is None:
+        dedup = self._keyed[0] if self._keyed is not None else None
+        if dedup is None:
             return
         if self._router is None:
-            self._dedup.end_move(stream)
+            dedup.end_move(stream)
             return
         self._release(stream)
 

@@ -19,16 +19,16 @@ blocked is extended by its lag.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from .budget import SlidingWindow
+from .budget import LinkBudgets, SlidingWindow
 from .codec import Codec, Data
 from .codec import encode as encode_frame
 from .config import ClientConfig
 from .errors import LinkDead, TransportClosed
 from .heartbeat import Health, Liveness, PongWatch, ping_payload
+from .logs import Log
 from .redact import Redactor, redact_url
 from .state import LinkEvent, LinkPhase, LinkPhaseMachine
 from .transport import ConnectOptions, Connector, Sink, Transport
@@ -54,7 +54,6 @@ class Link:
     """One connection, from its handshake to its end."""
 
     __slots__ = (
-        "_count_pings",
         "_extended",
         "_frames_ref",
         "_judged_at",
@@ -71,7 +70,7 @@ class Link:
         "_watch_timer",
         "_wbuf_ref",
         "_write_now",
-        "budget",
+        "budgets",
         "connected_at",
         "done",
         "id",
@@ -79,8 +78,6 @@ class Link:
         "opened_at",
         "pong_watch",
         "redactor",
-        "reserve",
-        "subscribe_budget",
         "transport",
         "url",
     )
@@ -122,24 +119,20 @@ class Link:
             self._ping_frame = encode_frame(hb.message, codec)
         # The venue's budgets are per connection: a link of its own has budgets of its own.
         limits = config.limits
-        self.budget: SlidingWindow | None = None
-        """Client messages this connection may still send (``VenueLimits.messages_per_second``)."""
-        self.subscribe_budget: SlidingWindow | None = None
-        """Subscription messages (``VenueLimits.subscribes_per_hour``)."""
-        self.reserve = 0
-        """Slots of :attr:`budget` data leaves to the heartbeat."""
-        self._count_pings = False
+        self.budgets: LinkBudgets | None = None
+        """What the venue lets this connection send (None: no limits configured)."""
         if limits is not None:
-            if limits.messages_per_second is not None:
-                self.budget = SlidingWindow(
-                    limits.messages_per_second, limits.message_window, margin=limits.margin
-                )
-                self.reserve = limits.reserve
-                self._count_pings = limits.count_control_frames
-            if limits.subscribes_per_hour is not None:
-                self.subscribe_budget = SlidingWindow(
-                    limits.subscribes_per_hour, 3600.0, margin=limits.margin
-                )
+            margin = limits.margin
+            self.budgets = LinkBudgets(
+                None
+                if limits.messages_per_second is None
+                else SlidingWindow(limits.messages_per_second, limits.message_window, margin=margin),
+                None
+                if limits.subscribes_per_hour is None
+                else SlidingWindow(limits.subscribes_per_hour, 3600.0, margin=margin),
+                reserve=limits.reserve,
+                count_pings=limits.count_control_frames,
+            )
         self._reader: asyncio.Task[Any] | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_timer: asyncio.TimerHandle | None = None
@@ -174,13 +167,14 @@ class Link:
         *,
         max_redirects: int,
         redactor: Redactor,
-        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        log: Log,
     ) -> None:
         """The handshake (redirects followed, within ``open_timeout``); raises what failed it."""
         opened = await open_connection(
             connector, options, max_redirects=max_redirects, redactor=redactor, log=log
         )
-        self.connected_at = self._loop.time()
+        if self.budgets is not None:  # only a venue's limits need it (the age rotation)
+            self.connected_at = self._loop.time()
         self.transport = opened.transport
         self.redactor = opened.redactor
         self.url = opened.redactor.text(redact_url(opened.url))
@@ -303,9 +297,10 @@ class Link:
         except Exception as exc:  # a backend bug: the link cannot be watched, so it is over
             self.fail(exc)
             return
-        if self._count_pings and self.budget is not None:
+        budgets = self.budgets
+        if budgets is not None and budgets.count_pings and budgets.messages is not None:
             # Within the slots data leaves free: the ping never waits for the budget.
-            self.budget.record(now)
+            budgets.messages.record(now)
         self._pong = pong
         pong.add_done_callback(self._pong_arrived)
         self._extended = False

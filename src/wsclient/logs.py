@@ -9,10 +9,52 @@ tested without sleeps.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Hashable
+from typing import Any
 
-__all__ = ["LogLimiter"]
+__all__ = ["ClientLog", "Log", "LogLimiter"]
+
+
+class ClientLog:
+    """A logger bound to one client: every record carries ``wsclient_client`` (its number) in its
+    ``extra``. What :class:`logging.LoggerAdapter` does, in 48 bytes instead of ~150 (no instance
+    dict, no ``extra`` dict kept per client): a feeder may hold hundreds of idle clients."""
+
+    __slots__ = ("client", "logger")
+
+    def __init__(self, logger: logging.Logger, client: int) -> None:
+        self.logger = logger
+        self.client = client
+
+    def _log(self, level: int, msg: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        logger = self.logger
+        if logger.isEnabledFor(level):
+            kwargs.setdefault("stacklevel", 3)  # the caller of debug()/info()/…, not this module
+            logger.log(level, msg, *args, extra={"wsclient_client": self.client}, **kwargs)
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.DEBUG, msg, args, kwargs)
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.INFO, msg, args, kwargs)
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.WARNING, msg, args, kwargs)
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log(logging.ERROR, msg, args, kwargs)
+
+    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        self._log(logging.ERROR, msg, args, {"exc_info": exc_info, **kwargs})
+
+    def isEnabledFor(self, level: int) -> bool:
+        return self.logger.isEnabledFor(level)
+
+
+Log = logging.Logger | logging.LoggerAdapter[logging.Logger] | ClientLog
+"""What the parts of a client log through."""
 
 
 class LogLimiter:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from .budget import LinkBudgets
 from .callbacks import Callbacks
 from .codec import Codec, Data
 from .codec import encode as encode_frame
@@ -60,7 +61,6 @@ class Outbound:
 
     __slots__ = (
         "_callbacks",
-        "_clock",
         "_codec",
         "_flushing",
         "_opening_deltas",
@@ -97,9 +97,6 @@ class Outbound:
         """A link being opened beside the primary one (a rotation), set by the supervisor."""
         # Made by the first change during a rotation: an idle client holds none (56 B).
         self._opening_deltas: list[Data] | None = None
-        self._clock = (
-            _loop_time  # the loop's clock (a virtual one in tests); the client is made before a loop runs
-        )
 
     def encode(self, message: Outgoing) -> Data:
         """dict/list and models as JSON (or through the codec), str and bytes as they are."""
@@ -116,7 +113,7 @@ class Outbound:
             and link.phase is LinkPhase.OPEN
             and not self._session.outbox
             and not self._flushing
-            and (link.budget is None or link.budget.delay(self._clock(), link.reserve) <= 0)
+            and (link.budgets is None or self._budget_free(link.budgets))
         ):
             await self.send_on(link, data)
         else:
@@ -131,8 +128,8 @@ class Outbound:
         """
         transport = link.transport
         assert transport is not None
-        if link.budget is not None or (subscribe and link.subscribe_budget is not None):
-            await self._pace(link, subscribe)
+        if link.budgets is not None:
+            await self._pace(link.budgets, subscribe)
         try:
             await transport.send(data)
         except TransportClosed as exc:
@@ -143,28 +140,34 @@ class Outbound:
         counters.messages_out += 1
         counters.bytes_out += len(data)
 
-    async def _pace(self, link: Link, subscribe: bool) -> None:
-        """Wait until ``link``'s budgets take one more message, then count it in them."""
-        budget = link.budget
-        sub_budget = link.subscribe_budget if subscribe else None
-        clock = self._clock
+    @staticmethod
+    def _budget_free(budgets: LinkBudgets) -> bool:
+        messages = budgets.messages
+        return messages is None or messages.delay(_loop_time(), budgets.reserve) <= 0
+
+    async def _pace(self, budgets: LinkBudgets, subscribe: bool) -> None:
+        """Wait until the link's budgets take one more message, then count it in them."""
+        messages = budgets.messages
+        subscribes = budgets.subscribes if subscribe else None
+        if messages is None and subscribes is None:
+            return
         # Bounded: each pass waits for the oldest counted message to leave a window.
         for _ in range(64):
-            now = clock()
+            now = _loop_time()
             delay = 0.0
-            if budget is not None:
-                delay = budget.delay(now, link.reserve)
-            if sub_budget is not None:
-                delay = max(delay, sub_budget.delay(now))
+            if messages is not None:
+                delay = messages.delay(now, budgets.reserve)
+            if subscribes is not None:
+                delay = max(delay, subscribes.delay(now))
             if delay <= 0:
                 break
             self._session.counters.budget_waits += 1
             await asyncio.sleep(delay)
-        now = clock()
-        if budget is not None:
-            budget.record(now)
-        if sub_budget is not None:
-            sub_budget.record(now)
+        now = _loop_time()
+        if messages is not None:
+            messages.record(now)
+        if subscribes is not None:
+            subscribes.record(now)
 
     def write_now(self, transport: Transport, data: Data) -> None:
         """Write a frame that must not wait, not even behind a full send buffer: the heartbeat's
@@ -346,4 +349,5 @@ class Outbound:
 
 
 def _loop_time() -> float:
+    # The loop's clock (a virtual one in tests), read when needed: a client is made before its loop.
     return asyncio.get_running_loop().time()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
-import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -37,6 +36,7 @@ from .errors import (
 from .events import Closed, Connected, ConnectFailed, Disconnected, GaveUp, HeartbeatMissed, Reconnecting
 from .inbound import Inbound, Overlapping
 from .link import Link, LinkDown
+from .logs import Log
 from .outbound import Outbound
 from .policy import Backoff, classify, describe
 from .redact import Redactor
@@ -142,7 +142,7 @@ class Supervisor:
         outbound: Outbound,
         redactor: Redactor,
         safe_url: str,
-        log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        log: Log,
         sm: StateMachine,
         gate: ConnectGate | None = None,
         refresh: Callable[[ConnectOptions], Awaitable[ConnectOptions]] | None = None,
@@ -424,8 +424,9 @@ class Supervisor:
             age = limits.max_connection_age * (1.0 - limits.age_jitter * random.random())
             # From the handshake, where the venue starts counting (a rotation's new link has been
             # connected for a while when it takes over); the rotation must be over by then.
-            born = link.connected_at if link.connected_at is not None else asyncio.get_running_loop().time()
-            due = born + age - limits.rotation_overlap - asyncio.get_running_loop().time()
+            now = asyncio.get_running_loop().time()
+            born = link.connected_at if link.connected_at is not None else now
+            due = born + age - limits.rotation_overlap - now
             self._arm_age(link, max(0.0, due))
         self._session.counters.connects += 1
         self._log.info("connection %d open to %s", link.id, link.url)

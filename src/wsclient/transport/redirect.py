@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from ..errors import HandshakeFailed, HandshakeRejected, UnsafeRedirect
+from ..logs import Log
 from ..redact import Redactor, connection_secrets, is_secret_header, redact_headers, redact_url
 from .base import ConnectOptions, Connector, Transport
 
@@ -90,7 +90,7 @@ async def open_connection(
     *,
     max_redirects: int,
     redactor: Redactor,
-    log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    log: Log | None = None,
 ) -> Opened:
     """Connect with ``connector``, following redirects as the module says, within ``open_timeout``.
 
