@@ -8,7 +8,7 @@ and delivers every inbound frame to the application's handlers without ever bloc
 from .budget import ConnectGate
 from .client import Client, Connection, Subscription
 from .codec import Codec, GzipJsonCodec, JsonCodec
-from .config import ClientConfig, Heartbeat, Reconnect, VenueLimits
+from .config import ClientConfig, Heartbeat, PingReply, Reconnect, VenueLimits
 from .errors import (
     ClientClosedError,
     ConfigError,
@@ -86,6 +86,7 @@ __all__ = [
     "MessageDropped",
     "OutboxFullError",
     "PeerNotReading",
+    "PingReply",
     "Pool",
     "PoolStats",
     "Reconnect",

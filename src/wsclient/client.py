@@ -387,6 +387,7 @@ class Client:
             write_stalls=c.write_stalls,
             budget_waits=c.budget_waits,
             rotations=c.rotations,
+            ping_replies=c.ping_replies + (link.ping_replies if link is not None else 0),
             duplicates_dropped=router.dedup.dropped if router is not None and router.dedup is not None else 0,
         )
 

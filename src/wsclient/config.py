@@ -19,7 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from .codec import Codec
 from .errors import ConfigError
 
-__all__ = ["VENUE_PROFILES", "ClientConfig", "Heartbeat", "Reconnect", "VenueLimits", "validate_url"]
+__all__ = [
+    "VENUE_PROFILES",
+    "ClientConfig",
+    "Heartbeat",
+    "PingReply",
+    "Reconnect",
+    "VenueLimits",
+    "validate_url",
+]
 
 Data = str | bytes
 
@@ -299,6 +307,32 @@ class VenueLimits(BaseModel):
         return cls.profile("bitfinex", **overrides)
 
 
+class PingReply(BaseModel):
+    """A venue's application ping, answered by the client as the frame is read.
+
+    Some venues ping at the application level and drop a client that misses two or three replies:
+    HTX sends ``{"ping": ts}`` and expects ``{"pong": ts}``; Deribit sends a ``test_request`` and
+    expects ``public/test``. A rule answers them before the frame joins the inbound queue, so a slow
+    handler ahead of it can never delay the reply, and on the connection being opened too (during
+    the ``on_connect`` hooks and the replay), never parked in the outbox.
+
+    ``match(frame)`` gets the decoded frame (through the client's codec: JSON by default);
+    ``reply(frame)`` returns the message to send (dict, model, str or bytes). ``hint`` is a string
+    every such frame contains in its raw text: frames without it are not decoded twice (leave it
+    None for compressed binary frames). ``deliver=True`` also hands the ping to the handlers.
+
+    ``PingReply(match=lambda f: isinstance(f, dict) and "ping" in f,
+    reply=lambda f: {"pong": f["ping"]}, hint='"ping"')``
+    """
+
+    model_config = _FROZEN
+
+    match: Callable[[Any], bool]
+    reply: Callable[[Any], Any]
+    hint: str | None = Field(None, min_length=1, description="A substring of every matching text frame.")
+    deliver: bool = Field(False, description="Also deliver the ping to on_message and typed handlers.")
+
+
 class ClientConfig(BaseModel):
     """Everything about a :class:`~wsclient.Client` but its URL and headers."""
 
@@ -352,6 +386,9 @@ class ClientConfig(BaseModel):
     )
     request_id_field: str = Field(
         "id", min_length=1, description="Field carrying the correlation id of client.request()."
+    )
+    ping_replies: tuple[PingReply, ...] = Field(
+        (), description="Application pings the client answers as they are read (PingReply rules)."
     )
     limits: VenueLimits | None = Field(
         None,

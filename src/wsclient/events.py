@@ -169,5 +169,7 @@ class ClientStats:
     """Messages that waited for the venue's message budget (``VenueLimits.messages_per_second``)."""
     rotations: int = 0
     """Connections replaced make-before-break (``VenueLimits.max_connection_age``, or on purpose)."""
+    ping_replies: int = 0
+    """Venue application pings answered by ``ClientConfig.ping_replies`` rules."""
     duplicates_dropped: int = 0
     """Messages not delivered because their sequence number was already delivered (``dedup_key``)."""

@@ -95,10 +95,17 @@ class _Process:
 class Receiver:
     """What one link's transport delivers to (a :class:`~wsclient.transport.Sink`)."""
 
-    __slots__ = ("_inbound", "active", "defer", "inline", "liveness", "pong_watch", "secondary")
+    __slots__ = ("_inbound", "active", "answer", "defer", "inline", "liveness", "pong_watch", "secondary")
 
-    def __init__(self, inbound: Inbound, pong_watch: PongWatch | None) -> None:
+    def __init__(
+        self,
+        inbound: Inbound,
+        pong_watch: PongWatch | None,
+        answer: Callable[[Data], bool] | None = None,
+    ) -> None:
         self._inbound = inbound
+        self.answer = answer
+        """The link's ping-reply rules (True: a venue's ping answered, not delivered)."""
         # Bound once: the transport calls it for every frame an async handler leaves behind.
         self.defer = inbound.defer
         self.pong_watch = pong_watch
@@ -113,6 +120,9 @@ class Receiver:
         watch = self.pong_watch
         if watch is not None and watch.waiting and watch.check(data):
             return None
+        answer = self.answer
+        if answer is not None and answer(data):
+            return None  # a venue's ping, answered as it was read: ahead of anything queued
         if not self.active:
             # A link beside the primary one (rotation): with a de-duplicator, its keyed messages
             # count; otherwise it delivers nothing (yet).
@@ -247,13 +257,16 @@ class Inbound:
         if receiver is not None:
             # In message heartbeat mode every frame must pass the pong check of Receiver.__call__.
             idle = self._dispatcher is None and not self._queue and not self.closed
-            receiver.inline = self._target if idle and receiver.pong_watch is None else None
+            # Pongs and venue pings must be looked at in Receiver.__call__: no shortcut then.
+            plain = receiver.pong_watch is None and receiver.answer is None
+            receiver.inline = self._target if idle and plain else None
 
     # -- links ---------------------------------------------------------------------------------------
 
-    def attach(self, pong_watch: PongWatch | None) -> Receiver:
-        """A receiver for a new link; it delivers nothing until :meth:`activate`."""
-        return Receiver(self, pong_watch)
+    def attach(self, pong_watch: PongWatch | None, answer: Callable[[Data], bool] | None = None) -> Receiver:
+        """A receiver for a new link; it delivers nothing until :meth:`activate` (venue pings are
+        answered from the start)."""
+        return Receiver(self, pong_watch, answer)
 
     def activate(self, receiver: Receiver, *, reconnect: bool) -> None:
         """Make ``receiver``'s link the one feeding the handlers (one link at a time).

@@ -19,13 +19,16 @@ blocked is extended by its lag.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+
+from pydantic_core import from_json
 
 from .budget import LinkBudgets, SlidingWindow
 from .codec import Codec, Data
 from .codec import encode as encode_frame
-from .config import ClientConfig
+from .config import ClientConfig, PingReply
 from .errors import LinkDead, TransportClosed
 from .heartbeat import Health, Liveness, PongWatch, ping_payload
 from .logs import Log
@@ -70,12 +73,14 @@ class Link:
         "_watch_timer",
         "_wbuf_ref",
         "_write_now",
+        "answer",
         "budgets",
         "connected_at",
         "done",
         "id",
         "liveness",
         "opened_at",
+        "ping_replies",
         "pong_watch",
         "redactor",
         "transport",
@@ -133,6 +138,13 @@ class Link:
                 reserve=limits.reserve,
                 count_pings=limits.count_control_frames,
             )
+        self.answer: Callable[[Data], bool] | None = None
+        """Answers the venue's application pings (``ClientConfig.ping_replies``); True: a ping
+        answered, not to be delivered. None without rules."""
+        self.ping_replies = 0
+        """Application pings answered on this link."""
+        if config.ping_replies:
+            self.answer = _Answerer(self, config.ping_replies, codec).answer
         self._reader: asyncio.Task[Any] | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_timer: asyncio.TimerHandle | None = None
@@ -395,6 +407,63 @@ class Link:
 
     def __repr__(self) -> str:
         return f"<Link #{self.id} {self.phase.value} {self.url}>"
+
+
+class _Answerer:
+    """The ping-reply rules of one link, applied to each frame as it is read."""
+
+    __slots__ = ("_codec", "_link", "_loads", "_rules")
+
+    def __init__(self, link: Link, rules: tuple[PingReply, ...], codec: Codec | None) -> None:
+        self._link = link
+        self._rules = rules
+        self._codec = codec
+        self._loads: Callable[[Data], Any] = codec.loads if codec is not None else from_json
+
+    def answer(self, data: Data) -> bool:
+        decoded: Any = _UNDECODED
+        for rule in self._rules:
+            hint = rule.hint
+            if hint is not None:
+                if isinstance(data, str):
+                    if hint not in data:
+                        continue
+                elif self._codec is None and hint.encode() not in data:
+                    continue
+            if decoded is _UNDECODED:
+                try:
+                    decoded = self._loads(data)
+                except Exception:
+                    return False  # not a ping; the router reports what it cannot read
+            try:
+                if not rule.match(decoded):
+                    continue
+                frame = encode_frame(rule.reply(decoded), self._codec)
+            except Exception as exc:  # the application's rule: reported, the frame goes on
+                _log.warning("ping reply rule failed: %s: %s", type(exc).__name__, exc)
+                continue
+            self._send(frame)
+            return not rule.deliver
+        return False
+
+    def _send(self, frame: Data) -> None:
+        link = self._link
+        transport = link.transport
+        if transport is None:
+            return
+        try:
+            link._write_now(transport, frame)
+        except TransportClosed:
+            return  # closing: the reader reports how it ended
+        link.ping_replies += 1
+        budgets = link.budgets
+        if budgets is not None and budgets.count_pings and budgets.messages is not None:
+            # Like the heartbeat's pings: within the reserved slots, never waiting.
+            budgets.messages.record(link._loop.time())
+
+
+_UNDECODED: Any = object()
+_log = logging.getLogger("wsclient")
 
 
 def _write_now(transport: Transport, data: Data) -> None:

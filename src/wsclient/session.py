@@ -35,6 +35,7 @@ class Counters:
         "heartbeat_misses",
         "messages_in",  # and bytes_in: of ended links (the live one's are in its Liveness)
         "messages_out",
+        "ping_replies",
         "rotations",
         "write_stalls",
     )
@@ -51,6 +52,7 @@ class Counters:
         self.heartbeat_misses = 0
         self.messages_in = 0
         self.messages_out = 0
+        self.ping_replies = 0
         self.rotations = 0
         self.write_stalls = 0
 

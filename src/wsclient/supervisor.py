@@ -321,7 +321,7 @@ class Supervisor:
             await link.shutdown()
             return exc
         self.link = self._outbound.link = link
-        receiver = self._inbound.attach(link.pong_watch)
+        receiver = self._inbound.attach(link.pong_watch, link.answer)
         self._inbound.activate(receiver, reconnect=link.id > 1)
         link.start(receiver)
         assert link.liveness is not None
@@ -461,6 +461,8 @@ class Supervisor:
         session = self._session
         # While a link runs, the transport counts into its liveness (one count per frame on the hot
         # path, not two); the totals take them now.
+        session.counters.ping_replies += link.ping_replies
+        link.ping_replies = 0
         session.counters.messages_in += liveness.frames_in
         session.counters.bytes_in += liveness.bytes_in
         if liveness.frames_in:
@@ -501,7 +503,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
         new = self._new_link()
-        receiver = self._inbound.attach(new.pong_watch)
+        receiver = self._inbound.attach(new.pong_watch, new.answer)
         overlap: Overlapping | None = None
         try:
             async with asyncio.timeout(limit):
