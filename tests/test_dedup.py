@@ -195,14 +195,20 @@ async def test_rotations_deliver_every_trade_exactly_once_in_order(backend: str)
     assert venue.total_violations == 0
 
 
-async def test_age_rotations_keep_the_feed_whole_under_a_venue_that_cuts() -> None:
+@pytest.mark.parametrize("backend", ["websockets", "picows"])
+async def test_age_rotations_keep_the_feed_whole_under_a_venue_that_cuts(backend: str) -> None:
     streams = [f"a{i}@trade" for i in range(4)]
     rules = VenueRules(max_connection_age=1.2, age_cut="abort")
     limits = VenueLimits(max_connection_age=1.2, age_jitter=0.2, rotation_overlap=0.4, margin=0.0)
     async with VenueServer(rules, rate=300) as venue:
         client = Client(
             venue.url,
-            config=ClientConfig(discriminator="e", heartbeat=Heartbeat(interval=5, timeout=4), limits=limits),
+            config=ClientConfig(
+                discriminator="e",
+                heartbeat=Heartbeat(interval=5, timeout=4),
+                limits=limits,
+                transport=backend,
+            ),
             dedup_key=lambda m: (m.s, m.t),
         )
         seen: dict[str, list[int]] = defaultdict(list)

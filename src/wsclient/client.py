@@ -122,7 +122,7 @@ class Client:
             headers_source = headers
         elif headers is not None:
             plain_headers = dict(headers)
-        config = self._config = config if config is not None else _default_config()
+        config = self._config = config if config is not None else _DEFAULT_CONFIG
         redactor = self._redactor = Redactor((*connection_secrets(url, plain_headers), *extra))
         self._safe_url = (
             f"<url from {_name(url_source)}()>" if url_source is not None else redactor.text(redact_url(url))
@@ -550,15 +550,19 @@ def _refresher(
                 url = url_source()
                 if inspect.isawaitable(url):
                     url = await url
+        except Exception as exc:
+            raise RefreshFailed(
+                f"the URL function for this connect attempt raised: {redactor.text(describe(exc))}"
+            ) from exc
+        try:
             if headers_source is not None:
                 headers = headers_source()
                 if inspect.isawaitable(headers):
                     headers = await headers
                 headers = dict(headers)
         except Exception as exc:
-            what = "URL" if url_source is not None and url is options.url else "headers"
             raise RefreshFailed(
-                f"the {what} function for this connect attempt raised: {redactor.text(describe(exc))}"
+                f"the headers function for this connect attempt raised: {redactor.text(describe(exc))}"
             ) from exc
         validate_url(url)  # a ConfigError: fatal, the function returns something unusable
         # Masked from now on, wherever wsclient writes: the new token is a secret like the old one.
@@ -568,11 +572,5 @@ def _refresher(
     return refresh
 
 
-_DEFAULT_CONFIG: list[ClientConfig] = []
-
-
-def _default_config() -> ClientConfig:
-    # One shared instance (the models are frozen): ~0.5 KiB saved per client made without a config.
-    if not _DEFAULT_CONFIG:
-        _DEFAULT_CONFIG.append(ClientConfig())
-    return _DEFAULT_CONFIG[0]
+# One shared instance (the models are frozen): a client made without a config costs none of its own.
+_DEFAULT_CONFIG = ClientConfig()

@@ -144,8 +144,9 @@ class Inbound:
         "_callbacks",
         "_config",
         "_counters",
+        "_dedup",
+        "_dedup_key",
         "_dispatcher",
-        "_keyed",
         "_limit",
         "_limiter",
         "_log",
@@ -177,8 +178,8 @@ class Inbound:
         dedup_key: SeqKey | None = None,
     ) -> None:
         self._config = config
-        # (de-duplicator, its key), for the router when it is made; one slot rather than two.
-        self._keyed = (dedup, dedup_key) if dedup is not None or dedup_key is not None else None
+        self._dedup = dedup
+        self._dedup_key = dedup_key
         self._requests = requests
         # Made by the first model, on_unknown hook or request: a client reading raw frames only
         # never pays for one (~1 KiB).
@@ -221,8 +222,8 @@ class Inbound:
                 requests=self._requests,
                 log_limiter=self._limiter,
                 redact=self._redactor.text,
-                dedup=self._keyed[0] if self._keyed is not None else None,
-                default_seq_key=self._keyed[1] if self._keyed is not None else None,
+                dedup=self._dedup,
+                default_seq_key=self._dedup_key,
             )
         return router
 
@@ -320,7 +321,7 @@ class Inbound:
     def end_move(self, stream: Hashable) -> None:
         """A stream moved here from another connection has left the other one: what this one held
         for it follows, in order."""
-        dedup = self._keyed[0] if self._keyed is not None else None
+        dedup = self._dedup
         if dedup is None:
             return
         if self._router is None:

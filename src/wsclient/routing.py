@@ -333,19 +333,13 @@ class Overlap:
 
     def saw(self, stream: Hashable, secondary: bool) -> None:
         """A message of ``stream`` arrived on the new (``secondary``) or the old link."""
-        if secondary:
-            if stream not in self._secondary:
-                self._secondary.add(stream)
-                self._check()
-        elif stream not in self._primary:
+        if not secondary:
+            # Only adds to what the new link must catch up with: nothing to decide here.
             self._primary.add(stream)
-            if self.ready.done() and stream not in self._secondary:
-                return  # already switched over: nothing more to decide
-            self._check()
-
-    def _check(self) -> None:
-        if not self.ready.done() and self._secondary and self._primary <= self._secondary:
-            self.ready.set_result(None)
+        elif stream not in self._secondary:
+            self._secondary.add(stream)
+            if not self.ready.done() and self._primary <= self._secondary:
+                self.ready.set_result(None)
 
     @property
     def missing(self) -> int:
