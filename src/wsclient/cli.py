@@ -1093,13 +1093,28 @@ class _LiveView(Generic[_D]):
     def _render(self, demo: _D) -> Any:
         raise NotImplementedError
 
+    def _frame(self, title: str, next_fault: str, *parts: Any) -> Any:
+        """``parts``, then the next fault and the latest events, in a titled panel."""
+        from rich.console import Group
+        from rich.panel import Panel
+        from rich.text import Text
+
+        events = Text(no_wrap=True, overflow="ellipsis")
+        for i, (at, text, style) in enumerate(self._events):
+            events.append(f"{at:6.2f}s  " if i == 0 else f"\n{at:6.2f}s  ", style="dim")
+            events.append(text, style=style)
+        body = Group(
+            *parts,
+            Text(f"next: {next_fault}", style="magenta"),
+            Panel(events, title="events", title_align="left"),
+        )
+        return Panel(body, title=title, title_align="left", subtitle="Ctrl-C ends it early with the summary")
+
 
 class _RichView(_LiveView["_Demo"]):
     """State, round-trip time, per-symbol prices and rates, events."""
 
     def _render(self, demo: _Demo) -> Any:
-        from rich.console import Group
-        from rich.panel import Panel
         from rich.table import Table
         from rich.text import Text
 
@@ -1132,17 +1147,8 @@ class _RichView(_LiveView["_Demo"]):
                 str(st.messages),
                 str(st.gaps),
             )
-        events = Text(no_wrap=True, overflow="ellipsis")
-        for i, (at, text, style) in enumerate(self._events):
-            events.append(f"{at:6.2f}s  " if i == 0 else f"\n{at:6.2f}s  ", style="dim")
-            events.append(text, style=style)
-        next_fault = Text(f"next: {demo.next_fault}", style="magenta")
-        body = Group(header, table, next_fault, Panel(events, title="events", title_align="left"))
-        return Panel(
-            body,
-            title=f"wsclient demo: {client.url} (ChaosProxy) → fake feed",
-            title_align="left",
-            subtitle="Ctrl-C ends it early with the summary",
+        return self._frame(
+            f"wsclient demo: {client.url} (ChaosProxy) → fake feed", demo.next_fault, header, table
         )
 
 
@@ -1703,8 +1709,6 @@ class _PoolRichView(_LiveView["_PoolDemo"]):
     """One row per shard, the pool's totals, the events."""
 
     def _render(self, demo: _PoolDemo) -> Any:
-        from rich.console import Group
-        from rich.panel import Panel
         from rich.table import Table
         from rich.text import Text
 
@@ -1745,17 +1749,12 @@ class _PoolRichView(_LiveView["_PoolDemo"]):
             f"venue age cuts {venue.age_cuts}   "
         )
         totals.append(f"venue violations {violations}", style="bold green" if not violations else "bold red")
-        events = Text(no_wrap=True, overflow="ellipsis")
-        for i, (at, text, style) in enumerate(self._events):
-            events.append(f"{at:6.2f}s  " if i == 0 else f"\n{at:6.2f}s  ", style="dim")
-            events.append(text, style=style)
-        next_fault = Text(f"next: {demo.next_fault}", style="magenta")
-        body = Group(header, table, totals, next_fault, Panel(events, title="events", title_align="left"))
-        return Panel(
-            body,
-            title=f"wsclient demo --pool: {len(demo.names)} streams over a Pool → fake venue {venue.url}",
-            title_align="left",
-            subtitle="Ctrl-C ends it early with the summary",
+        return self._frame(
+            f"wsclient demo --pool: {len(demo.names)} streams over a Pool → fake venue {venue.url}",
+            demo.next_fault,
+            header,
+            table,
+            totals,
         )
 
 
