@@ -219,6 +219,7 @@ class Client:
         in_thread: bool = False,
         seq_key: Callable[[M], tuple[Any, int] | None] | None = None,
         tag: Any = None,
+        with_frame: bool | None = None,
     ) -> Any:
         """Route inbound frames that validate as ``model`` to ``handler`` (sync or async).
 
@@ -234,17 +235,26 @@ class Client:
         slower predicate path tried only when a frame has no known tag. ``in_thread=True`` runs a
         blocking sync handler in a worker thread. ``seq_key(message) -> (stream, seq)`` turns on
         sequence-gap detection for the model (see :meth:`on_gap`). ``tag=`` overrides the model's
-        declared tag(s).
+        declared tag(s). ``with_frame=True`` calls ``handler(message, frame)`` with the raw frame as
+        well (the default reads the handler's ``wants_frame`` attribute, which sinks set).
         """
         if handler is None:
 
             def decorator(func: Callable[[M], Any]) -> Callable[[M], Any]:
-                self.on(model, func, match=match, in_thread=in_thread, seq_key=seq_key, tag=tag)
+                self.on(
+                    model,
+                    func,
+                    match=match,
+                    in_thread=in_thread,
+                    seq_key=seq_key,
+                    tag=tag,
+                    with_frame=with_frame,
+                )
                 return func
 
             return decorator
         registration = self._inbound.router.register(
-            model, handler, match=match, in_thread=in_thread, seq_key=seq_key, tag=tag
+            model, handler, match=match, in_thread=in_thread, seq_key=seq_key, tag=tag, with_frame=with_frame
         )
         self._inbound.route()
         return registration

@@ -502,17 +502,18 @@ class RequestTracker:
 class Registration:
     """A handler registered on a :class:`Router`; :meth:`cancel` removes it."""
 
-    __slots__ = ("_router", "handler", "in_thread", "match", "model", "seq_key", "tags")
+    __slots__ = ("_router", "handler", "in_thread", "match", "model", "seq_key", "tags", "with_frame")
 
     def __init__(
         self,
         router: Router,
         model: type[BaseModel],
-        handler: Callable[[Any], Any],
+        handler: Callable[..., Any],
         match: Callable[[Any], bool] | None,
         in_thread: bool,
         seq_key: SeqKey | None,
         tags: tuple[Hashable, ...],
+        with_frame: bool = False,
     ) -> None:
         self._router: Router | None = router
         self.model = model
@@ -522,6 +523,8 @@ class Registration:
         self.seq_key = seq_key
         self.tags = tags
         """The tags routed to the model (empty for a predicate registration)."""
+        self.with_frame = with_frame
+        """The handler is called as ``handler(message, frame)``, with the raw frame it came from."""
 
     @property
     def active(self) -> bool:
@@ -551,6 +554,13 @@ class _Plan:
     deferred: bool
     """Some handler after ``inline`` is async or in_thread."""
     seq_key: SeqKey | None
+    framed: tuple[tuple[Callable[..., Any], bool, bool], ...] | None = None
+    """With a handler that wants the raw frame: all handlers as (handler, in_thread, with_frame),
+    run by ``_run_framed`` (``inline`` is then empty, so no fast path takes the plan)."""
+
+
+_Held = tuple[Any, _Plan, "Data | None"]
+"""A message held by the de-duplicator: (message, plan, the frame it came from)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -722,6 +732,7 @@ class Router:
         in_thread: bool = False,
         seq_key: Callable[[M], tuple[Hashable, int] | None] | None = None,
         tag: Hashable | list[Any] | set[Any] | None = None,
+        with_frame: bool | None = None,
     ) -> Registration:
         """Route messages of ``model`` to ``handler``; return a handle to unregister it.
 
@@ -740,6 +751,11 @@ class Router:
 
         ``seq_key(message)`` returns ``(stream, seq)`` or ``None``; it overrides the model's
         ``__wsclient_seq__``. A model has at most one sequence key, whichever registration gives it.
+
+        ``with_frame=True`` calls ``handler(message, frame)`` with the raw frame (``str`` or
+        ``bytes``) the message was validated from, for handlers that pass it on untouched (a
+        :mod:`wsclient.sinks` sink). ``None`` (the default) reads the handler's ``wants_frame``
+        attribute. Such a model's messages take the general dispatch path, a little slower.
 
         Changes take effect from the next dispatched frame.
         """
@@ -767,7 +783,9 @@ class Router:
                     f"tag {clash.pop()!r} is already routed to {other.model.__name__}; "
                     f"{model.__name__} needs a different tag"
                 )
-        registration = Registration(self, model, handler, match, in_thread, seq_key, tags)
+        if with_frame is None:
+            with_frame = getattr(handler, "wants_frame", False) is True
+        registration = Registration(self, model, handler, match, in_thread, seq_key, tags, with_frame)
         self._registrations.append(registration)
         self.dispatch = self._dispatch_dirty
         return registration
@@ -870,7 +888,7 @@ class Router:
         pending: dict[Hashable, Any] = requests.outstanding if requests is not None else {}
         claim_reply, rejected, invalid = self._claim_reply, self._rejected, self._invalid
         failed, finish = self._handler_failed, self._finish
-        deliver: Callable[[Any, _Plan], Awaitable[None] | None] = self._deliver
+        deliver: Callable[..., Awaitable[None] | None] = self._deliver
         isawaitable = inspect.isawaitable
         # model -> (its handler when it is the only one, plain sync, with no sequence key; the plan).
         # That common case skips _deliver(): a method call is a tenth of this path's budget.
@@ -884,7 +902,9 @@ class Router:
         # Models whose handlers are all async (or in_thread), with no sequence key: straight to the
         # continuation, skipping _deliver() too.
         deferred_only = frozenset(
-            model for model, plan in self._plans.items() if not plan.inline and plan.seq_key is None
+            model
+            for model, plan in self._plans.items()
+            if not plan.inline and plan.seq_key is None and plan.framed is None
         )
 
         if self.dedup is not None:
@@ -906,7 +926,7 @@ class Router:
                 if msg.__class__ in deferred_only:
                     stats.handled += 1
                     return finish(msg, plan.handlers, 0, None)
-                return deliver(msg, plan)
+                return deliver(msg, plan, False, frame)
             stats.handled += 1
             try:
                 result = handler(msg)
@@ -921,8 +941,8 @@ class Router:
         return dispatch
 
     def _compile_keyed(
-        self, general: Callable[[Any, _Plan], Awaitable[None] | None]
-    ) -> Callable[[Any, _Plan], Awaitable[None] | None]:
+        self, general: Callable[..., Awaitable[None] | None]
+    ) -> Callable[..., Awaitable[None] | None]:
         """Delivery with a de-duplicator, for the common case written out: the next number of a
         stream, no overlap running, nothing held, a single sync handler. Anything else takes the
         general path (:meth:`_deliver`)."""
@@ -941,20 +961,22 @@ class Router:
             if len(plan.handlers) == 1 and plan.inline
         }
 
-        def deliver(msg: Any, plan: _Plan) -> Awaitable[None] | None:
+        def deliver(
+            msg: Any, plan: _Plan, released: bool = False, frame: Data | None = None
+        ) -> Awaitable[None] | None:
             seq_key = plan.seq_key
             if seq_key is None or not dedup.calm or router.overlap is not None:
-                return general(msg, plan)
+                return general(msg, plan, released, frame)
             try:
                 key = seq_key(msg)
             except Exception:
-                return general(msg, plan)  # reports it
+                return general(msg, plan, released, frame)  # reports it
             if key is None:
-                return general(msg, plan)
+                return general(msg, plan, released, frame)
             stream, seq = key
             last = marks.get(stream)
             if last is None or seq != last + 1:
-                return general(msg, plan)
+                return general(msg, plan, released, frame)
             marks[stream] = seq
             if tracker._after_reconnect:
                 tracker._unmark(stream)
@@ -962,7 +984,7 @@ class Router:
                 seen.add(stream)
             handler = singles.get(msg.__class__)
             if handler is None:
-                return run(msg, plan)
+                return run(msg, plan, frame)
             stats.handled += 1
             try:
                 result = handler(msg)
@@ -1003,7 +1025,7 @@ class Router:
                 return self._rejected(frame, obj, exc)
             except Exception as exc:
                 return self._invalid(frame, exc)
-        return self._deliver(msg, self._plans[msg.__class__])
+        return self._deliver(msg, self._plans[msg.__class__], False, frame)
 
     def _claim_reply(self, requests: RequestTracker, frame: Data, obj: Any) -> bool:
         if obj is _UNDECODED:
@@ -1017,10 +1039,12 @@ class Router:
         self.stats.handled += 1
         return True
 
-    def _deliver(self, msg: Any, plan: _Plan, released: bool = False) -> Awaitable[None] | None:
+    def _deliver(
+        self, msg: Any, plan: _Plan, released: bool = False, frame: Data | None = None
+    ) -> Awaitable[None] | None:
         seq_key = plan.seq_key
         if seq_key is not None:
-            stream = self._observe(seq_key, msg, plan, released)
+            stream = self._observe(seq_key, msg, plan, released, frame)
             if stream is _DROP:
                 return None
             if stream is not None:
@@ -1028,27 +1052,27 @@ class Router:
                 assert self.dedup is not None
                 after = self.dedup.release(stream)
                 if after:
-                    return self._chain(self._run(msg, plan), after)
-        return self._run(msg, plan)
+                    return self._chain(self._run(msg, plan, frame), after)
+        return self._run(msg, plan, frame)
 
-    def _chain(
-        self, pending: Awaitable[None] | None, items: list[tuple[Any, _Plan]]
-    ) -> Awaitable[None] | None:
+    def _chain(self, pending: Awaitable[None] | None, items: list[_Held]) -> Awaitable[None] | None:
         """Deliver ``items`` (released from the hold, in order) after ``pending``."""
-        for index, (msg, plan) in enumerate(items):
+        for index, (msg, plan, frame) in enumerate(items):
             if pending is not None:
                 return self._then(pending, items[index:])
-            pending = self._deliver(msg, plan, True)
+            pending = self._deliver(msg, plan, True, frame)
         return pending
 
-    async def _then(self, pending: Awaitable[None], items: list[tuple[Any, _Plan]]) -> None:
+    async def _then(self, pending: Awaitable[None], items: list[_Held]) -> None:
         await pending
-        for msg, plan in items:
-            more = self._deliver(msg, plan, True)
+        for msg, plan, frame in items:
+            more = self._deliver(msg, plan, True, frame)
             if more is not None:
                 await more
 
-    def _run(self, msg: Any, plan: _Plan) -> Awaitable[None] | None:
+    def _run(self, msg: Any, plan: _Plan, frame: Data | None = None) -> Awaitable[None] | None:
+        if plan.framed is not None:
+            return self._run_framed(msg, plan.framed, frame)
         self.stats.handled += 1
         done = 0
         for handler in plan.inline:
@@ -1094,13 +1118,57 @@ class Router:
             except BaseException as exc:
                 self._guard(msg, handler, exc)
 
+    def _run_framed(
+        self, msg: Any, calls: tuple[tuple[Callable[..., Any], bool, bool], ...], frame: Data | None
+    ) -> Awaitable[None] | None:
+        """``_run`` for a plan with a handler that wants the raw frame."""
+        self.stats.handled += 1
+        for index, (handler, in_thread, with_frame) in enumerate(calls):
+            if in_thread:
+                return self._finish_framed(msg, frame, calls, index, None)
+            try:
+                result = handler(msg, frame) if with_frame else handler(msg)
+            except SYNC_HANDLER_FAILURES as exc:
+                self._handler_failed(msg, handler, exc)
+                continue
+            if result is not None and inspect.isawaitable(result):
+                return self._finish_framed(msg, frame, calls, index + 1, (handler, result))
+        return None
+
+    async def _finish_framed(
+        self,
+        msg: Any,
+        frame: Data | None,
+        calls: tuple[tuple[Callable[..., Any], bool, bool], ...],
+        start: int,
+        pending: tuple[Callable[..., Any], Awaitable[Any]] | None,
+    ) -> None:
+        if pending is not None:
+            try:
+                await pending[1]
+            except BaseException as exc:
+                self._guard(msg, pending[0], exc)
+        for handler, in_thread, with_frame in calls[start:]:
+            args = (msg, frame) if with_frame else (msg,)
+            try:
+                if in_thread:
+                    await asyncio.to_thread(handler, *args)
+                    continue
+                result = handler(*args)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except BaseException as exc:
+                self._guard(msg, handler, exc)
+
     def _guard(self, msg: Any, handler: Callable[..., Any], exc: BaseException) -> None:
         """Count a handler's failure, or re-raise what must stop dispatch."""
         if not handler_failed(exc):
             raise exc
         self._handler_failed(msg, handler, exc)
 
-    def _observe(self, seq_key: SeqKey, msg: Any, plan: _Plan, released: bool) -> Any:
+    def _observe(
+        self, seq_key: SeqKey, msg: Any, plan: _Plan, released: bool, frame: Data | None = None
+    ) -> Any:
         """Feed the tracker; with a :class:`~wsclient.dedup.Dedup`, judge the message first.
 
         Returns ``_DROP`` when the message must not be delivered (a copy, or held), the stream when
@@ -1121,7 +1189,7 @@ class Router:
                 judgement = dedup.judge(stream, seq, merging=self.merging)
                 if judgement is not _DELIVER:
                     if judgement is _HOLD:
-                        dedup.hold(stream, seq, (msg, plan))
+                        dedup.hold(stream, seq, (msg, plan, frame))
                     return _DROP
             gap = self.sequences.observe(stream, seq)
         except Exception as exc:
@@ -1169,7 +1237,7 @@ class Router:
                         msg = rule.validate(obj)
                     except Exception as exc:
                         return self._invalid(frame, exc)
-                    return self._deliver(msg, rule.plan)
+                    return self._deliver(msg, rule.plan, False, frame)
         self.stats.unknown += 1
         if self._on_unknown is not None:
             self._call_hook(self._on_unknown, frame)
@@ -1246,7 +1314,7 @@ class Router:
             return None
         self._secondary = True
         try:
-            return self._deliver(msg, plan)
+            return self._deliver(msg, plan, False, frame)
         finally:
             self._secondary = False
 
@@ -1364,15 +1432,18 @@ def _plan(
     model: type[BaseModel], regs: list[Registration], seq_key: SeqKey | None, default: SeqKey | None = None
 ) -> _Plan:
     handlers = tuple((reg.handler, reg.in_thread) for reg in regs)
+    if seq_key is None:
+        seq_key = getattr(model, "__wsclient_seq__", None)
+    if seq_key is None:
+        seq_key = default
+    if any(reg.with_frame for reg in regs):
+        framed = tuple((reg.handler, reg.in_thread, reg.with_frame) for reg in regs)
+        return _Plan((), handlers, True, seq_key, framed)
     inline: list[Callable[[Any], Any]] = []
     for handler, in_thread in handlers:
         if in_thread or _is_async(handler):
             break
         inline.append(handler)
-    if seq_key is None:
-        seq_key = getattr(model, "__wsclient_seq__", None)
-    if seq_key is None:
-        seq_key = default
     return _Plan(tuple(inline), handlers, len(inline) < len(handlers), seq_key)
 
 

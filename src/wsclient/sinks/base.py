@@ -1,0 +1,251 @@
+"""What every sink shares: turning a message into (key, id, payload), and the window of publishes
+not yet acknowledged, bounded, retried in order, with back-pressure into the client.
+
+The window is sans-I/O: it holds entries in the order the handlers produced them, says which to
+send next, takes acknowledgements and failures, and resolves the futures the handlers wait on when
+it is full. A sink's I/O loop (:mod:`wsclient.sinks.nats`, :mod:`wsclient.sinks.redis`) drives it.
+
+Why the order is kept: a failure or a lost acknowledgement rewinds the window to its oldest
+unacknowledged entry and sends everything from there again, in the original order ("go back N"),
+rather than retrying only the failed entry. The bus drops the copies of what it already stored (by
+message id), so the stored order is the handlers' order, also across a reconnect. Only an entry that
+the bus refused while later ones of the same key were stored on the same connection can land after
+them; that is counted in :attr:`SinkStats.reordered`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from ..codec import Data
+
+__all__ = ["Payload", "SinkClosedError", "SinkStats"]
+
+Payload = Literal["raw", "json"] | Callable[[Any], bytes]
+"""``"raw"``: the frame's bytes as received; ``"json"``: the model's JSON; or a function of the
+message returning bytes."""
+
+
+class SinkClosedError(RuntimeError):
+    """A message reached a sink after its ``close()``: it was not published."""
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStats:
+    """A snapshot of a sink's counters."""
+
+    received: int
+    """Messages handed to the sink by handlers."""
+    stored: int
+    """Acknowledged by the bus as new."""
+    duplicates: int
+    """Acknowledged by the bus as a copy of one it already had (another feeder's, or a retry's)."""
+    pending: int
+    """Not yet acknowledged: queued or in flight."""
+    retries: int
+    """Entries sent again after a failure, a timeout or a reconnect."""
+    timeouts: int
+    """Acknowledgements that did not come within ``ack_timeout``."""
+    errors: int
+    """Publishes the bus refused or that failed to be written."""
+    waits: int
+    """Times a handler waited because the window was full (back-pressure into the client)."""
+    reconnects: int
+    """Connections to the bus made after the first."""
+    reordered: int
+    """Entries stored after a later one of the same key (see the module's note)."""
+    abandoned: int
+    """Entries still unacknowledged when ``close()`` gave up waiting: maybe lost."""
+    connected: bool
+    """Whether the sink has a live connection to the bus now."""
+
+
+@dataclass(slots=True)
+class Entry:
+    """One message on its way to the bus."""
+
+    key: str
+    """The subject (NATS) or stream key (Redis)."""
+    msg_id: str
+    payload: bytes
+    sent_at: float = 0.0
+    """When it was last written; 0.0 while queued."""
+    attempts: int = 0
+
+
+def payload_of(kind: Payload) -> Callable[[Any, Data | None], bytes]:
+    """The function building an entry's payload from ``(message, frame)``."""
+    if kind == "raw":
+
+        def raw(msg: Any, frame: Data | None) -> bytes:
+            data = frame if frame is not None else msg
+            if isinstance(data, bytes):
+                return data
+            if isinstance(data, str):
+                return data.encode()
+            if isinstance(data, (bytearray, memoryview)):
+                return bytes(data)
+            raise TypeError(
+                f'payload="raw" needs the raw frame, got {type(data).__name__}: register the sink '
+                'with client.on(Model, sink) or client.on_message(sink), or use payload="json"'
+            )
+
+        return raw
+    if kind == "json":
+
+        def as_json(msg: Any, frame: Data | None) -> bytes:
+            if isinstance(msg, BaseModel):
+                return msg.model_dump_json().encode()
+            return payload_of("raw")(msg, frame)
+
+        return as_json
+    if callable(kind):
+        return lambda msg, frame: kind(msg)
+    raise ValueError(f'payload must be "raw", "json" or a function of the message, got {kind!r}')
+
+
+class Window:
+    """The unacknowledged entries of a sink, in order, at most ``limit`` of them.
+
+    * :meth:`add` appends an entry and returns a future to await when the window is now full;
+    * :meth:`next_to_send` gives the entries to write, in order, once each (until a rewind);
+    * :meth:`acked` / :meth:`failed` take the bus's answer for an entry's token;
+    * :meth:`rewind` makes every unacknowledged entry due again, oldest first;
+    * :meth:`overdue` names the oldest entry written more than ``timeout`` seconds ago.
+    """
+
+    def __init__(self, limit: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if limit < 1:
+            raise ValueError(f"the window must hold at least one entry, got {limit!r}")
+        self.limit = limit
+        self._clock = clock
+        self.entries: dict[int, Entry] = {}
+        """Unacknowledged entries by token, in token (= arrival) order."""
+        self._due: deque[int] = deque()
+        self._next_token = 1
+        self._room: list[asyncio.Future[None]] = []
+        self._empty: asyncio.Event | None = None
+        self._last_stored: dict[str, int] = {}
+        self.received = self.stored = self.duplicates = self.retries = 0
+        self.timeouts = self.errors = self.waits = self.reordered = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, entry: Entry) -> asyncio.Future[None] | None:
+        """Queue ``entry``; a future to await (room in the window) when the window is full."""
+        token = self._next_token
+        self._next_token = token + 1
+        self.entries[token] = entry
+        self._due.append(token)
+        self.received += 1
+        if len(self.entries) < self.limit:
+            return None
+        self.waits += 1
+        room = asyncio.get_running_loop().create_future()
+        self._room.append(room)
+        return room
+
+    @property
+    def has_due(self) -> bool:
+        """Whether some entry waits to be written."""
+        return bool(self._due)
+
+    def next_to_send(self) -> tuple[int, Entry] | None:
+        """The next entry to write, marked as written now; ``None`` when nothing is due."""
+        due, entries = self._due, self.entries
+        while due:
+            token = due.popleft()
+            entry = entries.get(token)
+            if entry is None:  # acknowledged meanwhile (an answer to an earlier write)
+                continue
+            if entry.attempts:
+                self.retries += 1
+            entry.attempts += 1
+            entry.sent_at = self._clock()
+            return token, entry
+        return None
+
+    def acked(self, token: int, *, duplicate: bool = False) -> None:
+        """The bus stored the entry (or already had it)."""
+        entry = self.entries.pop(token, None)
+        if entry is None:
+            return  # a second answer, to a write made before a rewind
+        if duplicate:
+            self.duplicates += 1
+        else:
+            self.stored += 1
+            last = self._last_stored.get(entry.key, 0)
+            if token < last:
+                self.reordered += 1
+            else:
+                self._last_stored[entry.key] = token
+        self._freed()
+
+    def failed(self, token: int) -> bool:
+        """The bus refused the entry's write: counted; the caller rewinds (after a pause). False
+        when the entry was already acknowledged."""
+        if token not in self.entries:
+            return False
+        self.errors += 1
+        return True
+
+    def rewind(self) -> int:
+        """Make every unacknowledged entry due again, in order; returns how many."""
+        self._due = deque(self.entries)
+        for entry in self.entries.values():
+            entry.sent_at = 0.0
+        return len(self._due)
+
+    def overdue(self, timeout: float) -> Entry | None:
+        """The oldest written entry, if it waits for its answer longer than ``timeout``."""
+        for entry in self.entries.values():
+            if entry.sent_at and self._clock() - entry.sent_at > timeout:
+                return entry
+            return None  # only the oldest: later ones were written after it
+        return None
+
+    def oldest_sent_at(self) -> float | None:
+        """When the oldest unacknowledged entry was written, if it was."""
+        for entry in self.entries.values():
+            return entry.sent_at or None
+        return None
+
+    def _freed(self) -> None:
+        entries = self.entries
+        if self._room and len(entries) < self.limit:
+            rooms, self._room = self._room, []
+            for room in rooms:
+                if not room.done():
+                    room.set_result(None)
+        if not entries and self._empty is not None:
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        """Return once every entry is acknowledged."""
+        if not self.entries:
+            return
+        if self._empty is None or self._empty.is_set():
+            self._empty = asyncio.Event()
+        await self._empty.wait()
+
+    def abandon(self, exc: BaseException) -> int:
+        """Drop every entry (a close that gave up); fail the waiters. Returns how many."""
+        count = len(self.entries)
+        self.entries.clear()
+        self._due.clear()
+        rooms, self._room = self._room, []
+        for room in rooms:
+            if not room.done():
+                room.set_exception(exc)
+                room.exception()  # retrieved here: a handler may be gone already
+        if self._empty is not None:
+            self._empty.set()
+        return count
