@@ -260,6 +260,7 @@ class Fleet:
             self._leaving.pop(stream).cancel()  # ours again before it left: it stays
         add = wanted - self._mine
         if add:
+            _log.info("fleet %s: taking %d stream(s)", self.name, len(add))
             self.pool.add_streams(sorted(add))
             self._mine |= add
             self._taken += len(add)

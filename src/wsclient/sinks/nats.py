@@ -40,7 +40,7 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
 
 from ..codec import Data
 from ..logs import LogLimiter
@@ -61,7 +61,7 @@ _log = logging.getLogger("wsclient.sinks")
 _MSG_ID = "Nats-Msg-Id"
 # A JetStream publish acknowledgement: {"stream":"MD","seq":17} or {..., "duplicate":true}; a
 # refusal: {"error":{"code":503,...}}. Only these two facts are read, without a JSON parse.
-_DUPLICATE = b'"duplicate":true'
+_DUPLICATE = b'"duplicate"'  # present only when true
 _ERROR = b'"error"'
 
 
@@ -324,7 +324,7 @@ class NatsJetStreamSink:
     async def _connect(self) -> NatsClient:
         initial, maximum = self._reconnect
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(initial=initial, max=maximum, jitter=initial),
+            wait=wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial),
             retry=retry_if_exception_type(Exception),
             reraise=True,
         )
