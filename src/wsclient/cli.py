@@ -2282,7 +2282,8 @@ async def _tail(args: argparse.Namespace, stop: asyncio.Event) -> int:
     except (OSError, TimeoutError, NatsError) as exc:
         raise CliError(f"cannot connect to {args.nats}: {describe(exc) or exc!r}", EXIT_CONNECT) from None
     out = sys.stdout
-    width = max(40, shutil.get_terminal_size((160, 24)).columns - 40)
+    # On a terminal a line fits its width; piped, previews are longer (a reader can cut them).
+    width = max(40, shutil.get_terminal_size().columns - 40) if out.isatty() else 400
     printed = 0
     done = asyncio.Event()
     try:

@@ -60,7 +60,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import ClientConfig, Heartbeat, Reconnect, VenueLimits, validate_url
+from .config import VENUE_PROFILES, ClientConfig, Heartbeat, Reconnect, VenueLimits, validate_url
 from .errors import ConfigError
 from .pool import Pool
 from .routing import SequenceGap
@@ -244,6 +244,16 @@ class VenueSection(BaseModel):
         if len(set(value)) != len(value):
             dup = next(s for s in value if value.count(s) > 1)
             raise ValueError(f"{dup!r} is listed twice")
+        return value
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, value: str | None) -> str | None:
+        if value is not None and value not in VENUE_PROFILES:
+            raise ValueError(
+                f"no venue profile {value!r}: choose one of {', '.join(sorted(VENUE_PROFILES))}, or "
+                "remove it and give the venue's numbers in [venue.limits]"
+            )
         return value
 
     @field_validator("subscribe", "unsubscribe")
