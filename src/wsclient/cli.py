@@ -2273,82 +2273,97 @@ async def _tail(args: argparse.Namespace, stop: asyncio.Event) -> int:
     try:
         import nats
         from nats.errors import Error as NatsError
-        from nats.js.api import ConsumerConfig, DeliverPolicy
-        from nats.js.errors import NotFoundError
+        from nats.js.errors import NotFoundError, ServiceUnavailableError
     except ImportError:
         raise CliError("tail needs nats-py: pip install 'wsclient[nats]'", EXIT_USAGE) from None
+    errors: list[BaseException] = []
+
+    async def on_error(exc: Exception) -> None:
+        # nats-py's default logs a traceback per failed attempt; one line at the end says it all.
+        errors.append(exc)
+
     try:
-        nc = await nats.connect(args.nats, connect_timeout=2.0, allow_reconnect=False, name="wsclient tail")
+        nc = await nats.connect(
+            args.nats,
+            connect_timeout=2.0,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            error_cb=on_error,
+            name="wsclient tail",
+        )
     except (OSError, TimeoutError, NatsError) as exc:
-        raise CliError(f"cannot connect to {args.nats}: {describe(exc) or exc!r}", EXIT_CONNECT) from None
+        why = describe(errors[-1]) if errors else str(exc)
+        raise CliError(f"cannot connect to {args.nats}: {why}", EXIT_CONNECT) from None
+    try:
+        return await _tail_on(nc, args, stop)
+    except NotFoundError:
+        raise CliError(
+            f"no JetStream stream stores {args.subject!r}: check it, or give --stream", EXIT_ERROR
+        ) from None
+    except ServiceUnavailableError:
+        raise CliError(
+            f"{args.nats}: JetStream does not answer (not enabled on this server?)", EXIT_ERROR
+        ) from None
+    except NatsError as exc:  # a stream that went away, a refused consumer, ...
+        raise CliError(f"{args.nats}: {exc}", EXIT_ERROR) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+async def _tail_on(nc: Any, args: argparse.Namespace, stop: asyncio.Event) -> int:
+    from nats.js.api import DeliverPolicy
+
     out = sys.stdout
     # On a terminal a line fits its width; piped, previews are longer (a reader can cut them).
     width = max(40, shutil.get_terminal_size().columns - 40) if out.isatty() else 400
     printed = 0
     done = asyncio.Event()
+    js = nc.jetstream()
+    stream = args.stream or await js.find_stream_name_by_subject(args.subject)
+    last = 10 if args.last is None and not args.all and not args.new else args.last
+    policy = DeliverPolicy.NEW if args.new else DeliverPolicy.ALL
+    skip_while = -1  # with --last: print a message once fewer than `last` matching ones follow it
+    if last is not None:
+        state = (await js.stream_info(stream, subjects_filter=args.subject)).state
+        matching = sum(state.subjects.values()) if state.subjects else state.messages
+        if last == 0:
+            policy = DeliverPolicy.NEW
+        elif matching > last:
+            skip_while = last
+
+    async def on_message(msg: Any) -> None:
+        nonlocal printed
+        if done.is_set():
+            return
+        meta = msg.metadata
+        if skip_while >= 0 and meta.num_pending >= skip_while:
+            return
+        if args.raw:
+            line = msg.data.decode("utf-8", errors="replace")
+        else:
+            msg_id = (msg.headers or {}).get("Nats-Msg-Id", "-")
+            line = f"{meta.sequence.stream:>8}  {msg.subject}  {msg_id}  {_preview(msg.data, width)}"
+        try:
+            out.write(line + "\n")
+            out.flush()
+        except BrokenPipeError:
+            done.set()  # `wsclient tail … | head`: the reader left
+            return
+        printed += 1
+        if args.count and printed >= args.count:
+            done.set()
+
+    sub = await js.subscribe(
+        args.subject, stream=stream, cb=on_message, ordered_consumer=True, deliver_policy=policy
+    )
+    stopping = asyncio.ensure_future(stop.wait())
+    finished = asyncio.ensure_future(done.wait())
     try:
-        js = nc.jetstream()
-        try:
-            stream = args.stream or await js.find_stream_name_by_subject(args.subject)
-        except NotFoundError:
-            raise CliError(
-                f"no JetStream stream stores {args.subject!r}: check it, or give --stream", EXIT_ERROR
-            ) from None
-        last = 10 if args.last is None and not args.all and not args.new else args.last
-        policy = DeliverPolicy.NEW if args.new else DeliverPolicy.ALL
-        skip_while = -1  # print a message once fewer than `last` follow it
-        if last is not None:
-            info = await js.stream_info(stream, subjects_filter=args.subject)
-            state = info.state
-            matching = sum((state.subjects or {}).values()) if state.subjects else state.messages
-            if last == 0:
-                policy = DeliverPolicy.NEW
-            elif matching <= last:
-                policy = DeliverPolicy.ALL
-            else:
-                skip_while = last
-        config = ConsumerConfig()
-
-        async def on_message(msg: Any) -> None:
-            nonlocal printed
-            if done.is_set():
-                return
-            meta = msg.metadata
-            if skip_while >= 0 and meta.num_pending >= skip_while:
-                return
-            if args.raw:
-                line = msg.data.decode("utf-8", errors="replace")
-            else:
-                msg_id = (msg.headers or {}).get("Nats-Msg-Id", "-")
-                line = f"{meta.sequence.stream:>8}  {msg.subject}  {msg_id}  {_preview(msg.data, width)}"
-            try:
-                out.write(line + "\n")
-                out.flush()
-            except BrokenPipeError:
-                done.set()
-                return
-            printed += 1
-            if args.count and printed >= args.count:
-                done.set()
-
-        sub = await js.subscribe(
-            args.subject,
-            stream=stream,
-            cb=on_message,
-            ordered_consumer=True,
-            deliver_policy=policy,
-            config=config,
-        )
-        stopping = asyncio.ensure_future(stop.wait())
-        finished = asyncio.ensure_future(done.wait())
-        try:
-            await asyncio.wait({stopping, finished}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            finished.cancel()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        await asyncio.wait({stopping, finished}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        stopping.cancel()
+        finished.cancel()
         with contextlib.suppress(Exception):
-            await nc.close()
+            await sub.unsubscribe()
     return EXIT_OK
