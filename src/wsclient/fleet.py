@@ -1,0 +1,278 @@
+"""A fleet of feeders sharing a set of streams, coordinated through a JetStream key-value bucket.
+
+Each feeder process runs a :class:`~wsclient.pool.Pool` and a :class:`Fleet`. The fleet keeps a
+lease in the bucket (one key per member, renewed every ``lease / 3`` seconds; the bucket's TTL is the
+lease, so the key of a member that stops renewing vanishes ``lease`` seconds after its last renewal)
+and reads the live members back at every renewal. Every member computes the same assignment from the
+same member list: each stream goes to the ``redundancy`` members with the highest rendezvous
+(highest-random-weight) score for it, so a change of membership moves only the streams of the
+member that came or went.
+
+* A member that dies: its key expires within ``lease``; the others see it at their next renewal and
+  subscribe to its streams. The gap, if any, is that time plus one subscribe, and the stream
+  sequence checks downstream report it. With ``redundancy=2`` every stream already runs on a second
+  member, and nothing is lost.
+* A member that joins: it subscribes to its share at once; the members that carried those streams
+  keep them ``handoff`` seconds longer (make-before-break). JetStream's duplicate window drops the
+  copies published during the overlap, as long as the sinks give the same message ids.
+* A member that leaves cleanly (:meth:`Fleet.close`) removes its key, so the others take over at
+  their next renewal instead of after the lease.
+
+Pure parts (:func:`owners`, :func:`share`) are plain functions, testable without a server.
+
+Requires the ``nats`` extra: ``pip install 'wsclient[nats]'``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import secrets
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from .pool import Pool
+
+try:
+    import nats
+    from nats.aio.client import Client as NatsClient
+    from nats.js.errors import BadRequestError
+    from nats.js.kv import KeyValue
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("wsclient.fleet needs nats-py: pip install 'wsclient[nats]'") from exc
+
+__all__ = ["Fleet", "FleetStats", "owners", "share"]
+
+_log = logging.getLogger("wsclient.fleet")
+
+_KEY = re.compile(r"[^-_=a-zA-Z0-9]")
+_BUCKET = re.compile(r"^[a-zA-Z0-9_-]+$")
+
+
+def _score(member: str, stream: str) -> int:
+    digest = hashlib.blake2b(f"{member}\x00{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def owners(stream: str, members: Iterable[str], redundancy: int = 1) -> tuple[str, ...]:
+    """The members that carry ``stream``: the ``redundancy`` highest rendezvous scores."""
+    ranked = sorted(members, key=lambda m: (_score(m, stream), m), reverse=True)
+    return tuple(ranked[:redundancy])
+
+
+def share(streams: Iterable[str], members: Sequence[str], member: str, redundancy: int = 1) -> set[str]:
+    """The streams of ``streams`` that ``member`` carries among ``members``."""
+    if member not in members:
+        return set()
+    return {s for s in streams if member in owners(s, members, redundancy)}
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStats:
+    """A snapshot of a fleet member's view."""
+
+    member: str
+    """This member's id."""
+    members: tuple[str, ...]
+    """The live members, sorted, as last read."""
+    mine: int
+    """Streams this member carries now (handed-off ones included until they go)."""
+    taken: int
+    """Streams taken over or added since start."""
+    released: int
+    """Streams handed over to other members since start."""
+    renewals: int
+    """Leases renewed."""
+    renew_failures: int
+    """Renewals that failed (the bus unreachable)."""
+
+
+class Fleet:
+    """Share ``streams`` with the other feeders of the fleet ``name``: this member's share is added
+    to ``pool`` and kept up to date as members come and go (see the module).
+
+    ::
+
+        pool = Pool(venue_url, limits=..., subscribe=..., dedup_key=...)
+        pool.on(Trade, sink)
+        fleet = Fleet(pool, "nats://127.0.0.1:4222", streams, name="binance-trades", redundancy=2)
+        async with sink, pool, fleet:
+            await stop.wait()
+
+    Args:
+        pool: The pool this member's streams go to; the fleet adds and removes them.
+        servers: NATS URL(s) of the bucket.
+        streams: Every stream of the fleet (the same list in every member).
+        name: The fleet, and its bucket (``[a-zA-Z0-9_-]``).
+        member: This member's id (unique in the fleet); host, pid and a random suffix by default.
+        redundancy: How many members carry each stream (at most the number of live members).
+        lease: Seconds a member stays in the fleet without renewing.
+        handoff: Seconds a stream stays here after another member took it over; ``lease`` by
+            default.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        servers: str | Sequence[str],
+        streams: Iterable[str],
+        *,
+        name: str = "feeders",
+        member: str | None = None,
+        redundancy: int = 1,
+        lease: float = 5.0,
+        handoff: float | None = None,
+    ) -> None:
+        if not _BUCKET.match(name):
+            raise ValueError(f"name must be letters, digits, '-' or '_' (a bucket name), got {name!r}")
+        if redundancy < 1:
+            raise ValueError(f"redundancy must be at least 1, got {redundancy!r}")
+        if not lease > 0.5:
+            raise ValueError(f"lease must be above 0.5 seconds, got {lease!r}")
+        if handoff is not None and handoff < 0:
+            raise ValueError(f"handoff must not be negative, got {handoff!r}")
+        self.pool = pool
+        self.servers = [servers] if isinstance(servers, str) else list(servers)
+        self.streams = tuple(dict.fromkeys(streams))
+        if not self.streams:
+            raise ValueError("streams must name at least one stream")
+        self.name = name
+        default = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.member = _KEY.sub("_", member or default)
+        self.redundancy = redundancy
+        self.lease = lease
+        self.handoff = lease if handoff is None else handoff
+        self._nc: NatsClient | None = None
+        self._kv: KeyValue | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._members: tuple[str, ...] = ()
+        self._mine: set[str] = set()  # what the pool carries for the fleet
+        self._leaving: dict[str, asyncio.TimerHandle] = {}
+        self._changed = asyncio.Event()
+        self._taken = self._released = self._renewals = self._failures = 0
+
+    @property
+    def _subject_prefix(self) -> str:
+        return f"$KV.{self.name}."
+
+    async def start(self) -> None:
+        """Join: connect, take a lease, add this member's share to the pool."""
+        if self._task is not None:
+            return
+        self._nc = await nats.connect(self.servers, name=f"wsclient-fleet-{self.member}")
+        js = self._nc.jetstream()
+        try:
+            self._kv = await js.create_key_value(bucket=self.name, ttl=self.lease, history=1)
+        except BadRequestError:  # the bucket exists (made by another member): use it as it is
+            self._kv = await js.key_value(self.name)
+        await self._renew()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="wsclient-fleet")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Leave: stop renewing and remove the lease, so that the others take over at once. The
+        pool's streams are left to the pool (close it next)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        for handle in self._leaving.values():
+            handle.cancel()
+        self._leaving.clear()
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            with contextlib.suppress(Exception):  # gone anyway once the lease runs out
+                js = nc.jetstream()
+                await js.purge_stream(f"KV_{self.name}", subject=self._subject_prefix + self.member)
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    @property
+    def stats(self) -> FleetStats:
+        """This member's view, now."""
+        return FleetStats(
+            member=self.member,
+            members=self._members,
+            mine=len(self._mine),
+            taken=self._taken,
+            released=self._released,
+            renewals=self._renewals,
+            renew_failures=self._failures,
+        )
+
+    async def wait_members(self, count: int, timeout: float | None = None) -> None:
+        """Return once this member sees ``count`` live members (tests, start-up scripts)."""
+
+        async def seen() -> None:
+            while len(self._members) != count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(seen(), timeout)
+
+    async def _run(self) -> None:
+        period = self.lease / 3
+        while True:
+            await asyncio.sleep(period)
+            await self._renew()
+
+    async def _renew(self) -> None:
+        assert self._kv is not None and self._nc is not None
+        try:
+            await self._kv.put(self.member, b"1")
+            self._renewals += 1
+            info = await self._nc.jetstream().stream_info(
+                f"KV_{self.name}", subjects_filter=self._subject_prefix + ">"
+            )
+        except Exception as exc:
+            # The bus is unreachable: the lease runs out on its side and the others take over; here
+            # the streams stay (their copies are dropped by the duplicate window).
+            self._failures += 1
+            _log.warning("fleet %s: lease renewal failed (%s)", self.name, exc)
+            return
+        prefix = len(self._subject_prefix)
+        members = tuple(sorted(s[prefix:] for s in (info.state.subjects or {})))
+        if self.member not in members:  # our own put is there, unless it expired meanwhile
+            members = tuple(sorted((*members, self.member)))
+        if members != self._members:
+            _log.info("fleet %s: members %s", self.name, ", ".join(members))
+            self._members = members
+            self._apply(share(self.streams, members, self.member, self.redundancy))
+            self._changed.set()
+
+    def _apply(self, wanted: set[str]) -> None:
+        for stream in wanted & self._leaving.keys():
+            self._leaving.pop(stream).cancel()  # ours again before it left: it stays
+        add = wanted - self._mine
+        if add:
+            self.pool.add_streams(sorted(add))
+            self._mine |= add
+            self._taken += len(add)
+        loop = asyncio.get_running_loop()
+        for stream in self._mine - wanted:
+            if stream not in self._leaving:
+                self._leaving[stream] = loop.call_later(self.handoff, self._release, stream)
+
+    def _release(self, stream: str) -> None:
+        self._leaving.pop(stream, None)
+        if stream in share((stream,), self._members, self.member, self.redundancy):
+            return  # ours again
+        self._mine.discard(stream)
+        self._released += 1
+        with contextlib.suppress(Exception):  # a pool closing meanwhile: nothing to hand over
+            self.pool.remove_streams([stream])
