@@ -61,7 +61,7 @@ from .events import (
     Disconnected,
     HeartbeatMissed,
 )
-from .feeder import Feeder, describe_config, load_feed_config
+from .feeder import Feeder, FeedError, describe_config, load_feed_config
 from .policy import describe
 from .pool import Pool, PoolStats, ShardInfo, StreamStale
 from .routing import Message, SequenceGap
@@ -2045,7 +2045,9 @@ class _FeedRun:
         if fleet is not None and fleet[0] != self._members:
             self._members = fleet[0]
             self.view.event(
-                at, f"fleet: members {', '.join(fleet[0]) or '-'}; mine {fleet[1]} streams", "cyan"
+                at,
+                f"fleet: members {', '.join(fleet[0]) or '-'}; {fleet[2]} (me) carries {fleet[1]} streams",
+                "cyan",
             )
 
     async def refresh(self) -> None:
@@ -2081,6 +2083,8 @@ class _FeedRun:
         ticker = asyncio.ensure_future(self.refresh())
         try:
             await feeder.run(self.stop_event, on_started=on_started, on_stopping=self._stopping)
+        except FeedError as exc:
+            raise CliError(str(exc), EXIT_CONNECT) from None
         finally:
             if timer is not None:
                 timer.cancel()
@@ -2141,7 +2145,7 @@ class _FeedPlainView(_Lines["_FeedRun"]):
         ]
         fleet = feeder.fleet_figures()
         if fleet is not None:
-            parts.append(f"fleet {len(fleet[0])} members, mine {fleet[1]}")
+            parts.append(f"fleet {len(fleet[0])} members, mine {fleet[1]} streams")
         return "; ".join(parts)
 
 
@@ -2192,11 +2196,11 @@ class _FeedRichView(_LiveView["_FeedRun"]):
         parts: list[Any] = [header, table, bus]
         fleet = feeder.fleet_figures()
         if fleet is not None:
-            members, mine = fleet
+            members, mine, me = fleet
             parts.append(
                 Text(
                     f"fleet {config.fleet.name if config.fleet else ''}: {len(members)} members "
-                    f"({', '.join(members)})   mine {mine} streams"
+                    f"({', '.join(members)})   {me} (me) carries {mine} streams"
                 )
             )
         return self._frame(
@@ -2235,7 +2239,8 @@ def _print_feed_summary(run: _FeedRun, out: TextIO) -> int:
     fleet = feeder.fleet_figures()
     if fleet is not None:
         lines.append(
-            f"  fleet:               {len(fleet[0])} members ({', '.join(fleet[0])}), mine {fleet[1]}"
+            f"  fleet:               {len(fleet[0])} members ({', '.join(fleet[0])}); {fleet[2]} (me) "
+            f"carried {fleet[1]} streams at the end"
         )
     verdict = "OK" if adds_up else "MISMATCH"
     lines.append(f"  accounting:          received = stored + duplicates + abandoned: {verdict}")

@@ -67,6 +67,7 @@ from .routing import SequenceGap
 
 __all__ = [
     "FeedConfig",
+    "FeedError",
     "Feeder",
     "FleetSection",
     "MessagesSection",
@@ -442,14 +443,17 @@ class FleetSection(BaseModel):
 
     model_config = _STRICT
 
-    name: str = Field("feeders", min_length=1)
-    """The fleet's name: feeders with the same name share its streams."""
-    member: str | None = None
-    """This feeder's name in the fleet (default: chosen by the fleet)."""
+    name: str = Field("feeders", pattern=r"^[a-zA-Z0-9_-]+$")
+    """The fleet's name (letters, digits, ``-``, ``_``: it names its key-value bucket): feeders
+    with the same name share its streams."""
+    member: str | None = Field(None, min_length=1)
+    """This feeder's id in the fleet, unique (default: host, pid and a random suffix)."""
     redundancy: int = Field(1, ge=1)
     """Feeders carrying each stream (2: one may die without a gap)."""
-    lease: float = Field(5.0, gt=0)
+    lease: float = Field(5.0, gt=0.5)
     """Seconds a member stays in the fleet without renewing its lease."""
+    handoff: float | None = Field(None, ge=0)
+    """Seconds a stream stays here after another member took it over (default: ``lease``)."""
     servers: tuple[str, ...] | None = None
     """The NATS server(s) of the fleet's membership (default: the sink's)."""
 
@@ -554,6 +558,10 @@ def _expand(node: Any, environ: Mapping[str, str], where: tuple[str, ...]) -> An
 
 
 # -------------------------------------------------------------------------------------- the feeder
+
+
+class FeedError(RuntimeError):
+    """A feeder could not start (its fleet could not be joined)."""
 
 
 @dataclass(slots=True)
@@ -694,6 +702,7 @@ class Feeder:
             member=fleet.member,
             redundancy=fleet.redundancy,
             lease=fleet.lease,
+            handoff=fleet.handoff,
         )
 
     async def run(
@@ -726,7 +735,14 @@ class Feeder:
                 await stack.enter_async_context(self.pool)
                 if self.config.fleet is not None:
                     self.fleet = self._make_fleet()
-                    await stack.enter_async_context(self.fleet)
+                    try:
+                        await stack.enter_async_context(self.fleet)
+                    except Exception as exc:  # nats-py's errors, OSError, a refused bucket...
+                        servers = ", ".join(self.fleet.servers)
+                        raise FeedError(
+                            f"cannot join fleet {self.config.fleet.name!r} through {servers}: "
+                            f"{type(exc).__name__}: {exc}"
+                        ) from None
                 else:
                     self.pool.add_streams(self.config.venue.streams)
                 if on_started is not None:
@@ -737,14 +753,14 @@ class Feeder:
         finally:
             self.final_sink_stats = sink.stats
 
-    def fleet_figures(self) -> tuple[tuple[str, ...], int] | None:
-        """``(members, streams this feeder carries)`` while a fleet runs."""
+    def fleet_figures(self) -> tuple[tuple[str, ...], int, str] | None:
+        """``(members, streams this feeder carries, its member id)`` while a fleet runs."""
         fleet = self.fleet
         if fleet is None:
             return None
         try:
             stats = fleet.stats
-            return tuple(stats.members), int(stats.mine)
+            return tuple(stats.members), int(stats.mine), str(fleet.member)
         except Exception:  # a fleet still joining may have no figures yet
             return None
 
