@@ -1,4 +1,4 @@
-"""The ``wsclient`` command line: ``demo``, ``listen`` and ``serve``.
+"""The ``wsclient`` command line: ``demo``, ``listen``, ``serve``, ``feed`` and ``tail``.
 
 * ``wsclient demo`` runs wsclient's main job on this machine, with no network: an embedded fake feed
   (:class:`~wsclient.testing.FeedServer`) behind a fault-injecting proxy
@@ -11,6 +11,11 @@
   then accounted for trade id by trade id.
 * ``wsclient listen URL`` prints the frames of any WebSocket endpoint, reconnecting as a bot would.
 * ``wsclient serve`` runs the fake feed (and optionally the proxy) for trying other clients.
+* ``wsclient feed CONFIG.toml`` runs a feeder from a configuration file (:mod:`wsclient.feeder`): a
+  venue's streams through a :class:`~wsclient.Pool` into a message bus (NATS JetStream), exactly once,
+  shown live, then accounted for (received = stored + duplicates + abandoned).
+* ``wsclient tail SUBJECT --nats URL`` prints what a JetStream subject holds and receives, one line a
+  message, for a person checking what flows.
 
 Errors end with one line on stderr and an exit code (see :data:`EXIT_CODES`), never a traceback.
 """
@@ -26,6 +31,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -55,6 +61,7 @@ from .events import (
     Disconnected,
     HeartbeatMissed,
 )
+from .feeder import Feeder, FeedError, describe_config, load_feed_config
 from .policy import describe
 from .pool import Pool, PoolStats, ShardInfo, StreamStale
 from .routing import Message, SequenceGap
@@ -70,6 +77,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_CONNECT = 3
 EXIT_REJECTED = 4
+EXIT_ABANDONED = 5
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES: dict[int, str] = {
@@ -78,6 +86,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_USAGE: "bad arguments or configuration",
     EXIT_CONNECT: "could not connect, or gave up reconnecting (retries exhausted, fatal close code)",
     EXIT_REJECTED: "the server rejected the handshake (HTTP 401, 403 or 404)",
+    EXIT_ABANDONED: "feed: messages were abandoned (not acknowledged by the bus when the sink closed: "
+    "maybe lost)",
     EXIT_INTERRUPTED: "interrupted a second time while closing (no clean close)",
 }
 """Exit codes of the ``wsclient`` command, documented in ``wsclient --help``."""
@@ -298,6 +308,7 @@ def _build_parser() -> _Parser:
         metavar="S",
         help="the proxy closes links whose server side was silent for S seconds (needs --proxy-port)",
     )
+    _add_feed_parsers(commands)
     return parser
 
 
@@ -322,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _demo,
         "listen": _listen,
         "serve": _serve,
+        "feed": _feed,
+        "tail": _tail,
     }[args.command]
     try:
         return asyncio.run(_with_signals(run, args))
@@ -1093,8 +1106,14 @@ class _LiveView(Generic[_D]):
     def _render(self, demo: _D) -> Any:
         raise NotImplementedError
 
-    def _frame(self, title: str, next_fault: str, *parts: Any) -> Any:
-        """``parts``, then the next fault and the latest events, in a titled panel."""
+    def _frame(
+        self,
+        title: str,
+        next_fault: str | None,
+        *parts: Any,
+        subtitle: str = "Ctrl-C ends it early with the summary",
+    ) -> Any:
+        """``parts``, then the next fault (if any) and the latest events, in a titled panel."""
         from rich.console import Group
         from rich.panel import Panel
         from rich.text import Text
@@ -1103,12 +1122,9 @@ class _LiveView(Generic[_D]):
         for i, (at, text, style) in enumerate(self._events):
             events.append(f"{at:6.2f}s  " if i == 0 else f"\n{at:6.2f}s  ", style="dim")
             events.append(text, style=style)
-        body = Group(
-            *parts,
-            Text(f"next: {next_fault}", style="magenta"),
-            Panel(events, title="events", title_align="left"),
-        )
-        return Panel(body, title=title, title_align="left", subtitle="Ctrl-C ends it early with the summary")
+        lines = [Text(f"next: {next_fault}", style="magenta")] if next_fault is not None else []
+        body = Group(*parts, *lines, Panel(events, title="events", title_align="left"))
+        return Panel(body, title=title, title_align="left", subtitle=subtitle)
 
 
 class _RichView(_LiveView["_Demo"]):
@@ -1869,3 +1885,490 @@ async def _demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
     if _rich_wanted(args):
         demo.view = _RichView()
     return await demo.run()
+
+
+# ---------------------------------------------------------------------------------------- feed and tail
+
+_FEED_HELP = """\
+CONFIG is a TOML file (validated at start; a mistake exits 2 naming the field and the fix):
+
+  [venue]     url; streams = [...]; subscribe / unsubscribe: message templates where "{streams}"
+              is the list of streams and "{id}" a request id, e.g.
+                subscribe = { method = "SUBSCRIBE", params = "{streams}", id = "{id}" }
+              (a one-element list mentioning "{stream}" is repeated per stream); discriminator
+              (the tag field of typed messages, e.g. "e"); profile (a VenueLimits profile:
+              binance_spot, okx, bybit, bitfinex) and/or [venue.limits]; optional [venue.heartbeat],
+              [venue.reconnect], stale_after, headers.
+  [messages]  typed: model = "package.module:Class" (a pydantic model) and dedup_key = ["s", "t"]
+              (stream field(s), then the sequence: exactly once through rotations, gaps reported);
+              or raw pass-through: raw = true, optionally match = { e = "trade" }.
+  [sink]      kind = "nats" (or "redis" where this build has it); servers; subject and id:
+              templates of the message's fields (raw: its keys), e.g. subject = "md.trades.{s}",
+              id = "{s}:{t}" (a field a message lacks is counted as an error, not a crash);
+              payload = "raw" | "json"; stream = { name = "MD", subjects = ["md.>"],
+              duplicate_window = 120 } (created or updated on connect); max_pending; close_timeout.
+  [fleet]     optional (wsclient.fleet): name, member, redundancy, lease, servers: feeders sharing
+              the streams; each carries its share.
+
+String values may read the environment: "${NATS_URL}" or "${NATS_URL:-nats://127.0.0.1:4222}".
+Runs until Ctrl-C or SIGTERM (or --duration), then closes the pool, waits for the bus's last
+acknowledgements and prints a summary; exits 5 when messages were abandoned.
+"""
+
+
+def _add_feed_parsers(commands: Any) -> None:
+    feed = commands.add_parser(
+        "feed",
+        help="run a feeder from a TOML file: a venue's streams through a Pool into NATS JetStream",
+        description="Subscribe to a venue's streams with a Pool (within the venue's limits) and publish "
+        "every message into a message bus, exactly once, with a live view; on exit, a summary.\n\n"
+        + _FEED_HELP,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    feed.add_argument("config", metavar="CONFIG", help="the feed's TOML file")
+    feed.add_argument(
+        "--duration", type=_positive, default=None, metavar="S", help="stop after S seconds (default: run)"
+    )
+    feed.add_argument(
+        "--every",
+        type=_positive,
+        default=None,
+        metavar="S",
+        help="seconds between status lines of the plain view (default: 10, or a tenth of --duration)",
+    )
+    feed.add_argument("--plain", action="store_true", help="plain lines, even on a terminal")
+    feed.add_argument("--check", action="store_true", help="validate CONFIG, say what it would do, exit")
+
+    tail = commands.add_parser(
+        "tail",
+        help="print the messages of a JetStream subject, one line each",
+        description="Read SUBJECT (wildcards allowed) from its JetStream stream with an ephemeral "
+        "ordered consumer and print one line per message: stream sequence, subject, Nats-Msg-Id and "
+        "a preview of the payload. Starts with the last 10 messages (--last N, --all, --new), then "
+        "follows; ends after --count messages or on Ctrl-C (exit 0).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tail.add_argument("subject", metavar="SUBJECT", help="e.g. md.trades.> or md.trades.btc@trade")
+    tail.add_argument("--nats", default="nats://127.0.0.1:4222", metavar="URL", help="the NATS server")
+    tail.add_argument("--stream", default=None, metavar="NAME", help="the stream (default: found by subject)")
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument("--last", type=_count, default=None, metavar="N", help="start with the last N (10)")
+    start.add_argument("--all", action="store_true", help="start with the first message stored")
+    start.add_argument("--new", action="store_true", help="only messages published from now on")
+    tail.add_argument("--count", type=_count, default=0, metavar="N", help="exit 0 after N messages")
+    tail.add_argument("--raw", action="store_true", help="print only each payload, as stored")
+
+
+class _FeedRun:
+    """A running ``wsclient feed``: the feeder, its view, and what the view says about it."""
+
+    def __init__(self, args: argparse.Namespace, feeder: Feeder, stop: asyncio.Event) -> None:
+        self.feeder = feeder
+        self.stop_event = stop
+        self.duration: float | None = args.duration
+        self.plan = args  # what the shared views read (their plain status period is overridden here)
+        self.every: float = args.every or (max(1.0, args.duration / 10) if args.duration else 10.0)
+        self.t0 = time.monotonic()
+        self.started = False
+        self.interrupted = False
+        self.timed_out = False
+        self._rate = _Rate()
+        self.per_s = 0.0
+        self._shard_rates: dict[int, _Rate] = {}
+        self.shard_per_s: dict[int, float] = {}
+        self._shards: dict[int, ShardInfo] = {}
+        self.final_shards: tuple[ShardInfo, ...] = ()
+        self.final_stats: PoolStats | None = None
+        self._connected: bool | None = None
+        self._errors = 0
+        self._gaps = 0
+        self._members: tuple[str, ...] | None = None
+        self.view: _FeedView = _FeedPlainView(sys.stdout)
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def on_event(self, event: Any) -> None:
+        at = self.now()
+        match event:
+            case StreamStale(stream=stream, shard=shard, silent_for=silent, action=action):
+                self.view.event(at, f"stale: {stream} silent for {silent:.1f}s on shard {shard} → {action}")
+            case Disconnected(reason=reason, delay=delay):
+                retry = f"retry in {delay:.2f}s" if delay is not None else "not retrying"
+                self.view.event(at, f"a shard's connection was lost: {reason} → {retry}", "red")
+            case ConnectFailed(attempt=attempt, reason=reason, delay=delay):
+                retry = f"retry in {delay:.2f}s" if delay is not None else "not retrying"
+                self.view.event(
+                    at, f"a shard's connect attempt {attempt} failed: {reason} → {retry}", "yellow"
+                )
+
+    def watch(self) -> None:
+        """Say what changed since the last look: shards, the sink's connection, errors, gaps, fleet."""
+        feeder, at = self.feeder, self.now()
+        connected = feeder.sink.stats.connected
+        # Once stopping, the sink's disconnection is its close, not news.
+        if connected != self._connected and not self.stop_event.is_set():
+            if connected:
+                self.view.event(at, f"sink connected to {', '.join(feeder.config.sink.servers)}", "green")
+            elif self._connected is not None:
+                self.view.event(at, "sink disconnected: reconnecting (the window is kept)", "red")
+            self._connected = connected
+        if self.started:
+            shards = {info.index: info for info in feeder.pool.shards}
+            for index, info in shards.items():
+                before = self._shards.get(index)
+                if before is None:
+                    self.view.event(at, f"shard {index} opens with {info.streams} streams", "green")
+                    continue
+                if info.rotations > before.rotations:
+                    self.view.event(at, f"shard {index}: connection replaced make-before-break", "cyan")
+                if info.connects - before.connects > info.rotations - before.rotations:
+                    self.view.event(at, f"shard {index}: connected ({info.streams} streams)", "green")
+                if info.streams != before.streams:
+                    self.view.event(at, f"shard {index} now carries {info.streams} streams", "cyan")
+            for index in self._shards.keys() - shards.keys():
+                self.view.event(at, f"shard {index} closed", "cyan")
+            self._shards = shards
+        figures = feeder.figures
+        if figures.handler_errors > self._errors:
+            new = figures.handler_errors - self._errors
+            self.view.event(at, f"{new} message(s) not published: {figures.last_error}", "yellow")
+            self._errors = figures.handler_errors
+        if figures.gaps > self._gaps:
+            self.view.event(
+                at, f"gaps reported: {figures.gaps} so far ({figures.gap_messages} messages missed)", "yellow"
+            )
+            self._gaps = figures.gaps
+        fleet = feeder.fleet_figures()
+        if fleet is not None and fleet[0] != self._members:
+            self._members = fleet[0]
+            self.view.event(
+                at,
+                f"fleet: members {', '.join(fleet[0]) or '-'}; {fleet[2]} (me) carries {fleet[1]} streams",
+                "cyan",
+            )
+
+    async def refresh(self) -> None:
+        while True:
+            self.watch()
+            now = time.monotonic()
+            self.per_s = self._rate(now, self.feeder.figures.received)
+            self.shard_per_s = {
+                i.index: self._shard_rates.setdefault(i.index, _Rate())(now, i.messages_in)
+                for i in self._shards.values()
+            }
+            self.view.refresh(self)
+            await asyncio.sleep(0.25)
+
+    async def run(self) -> int:
+        feeder = self.feeder
+        feeder.pool.on_event(self.on_event)
+        self.view.start()
+        self.view.event(0.0, describe_config(feeder.config))
+        self.view.event(0.0, f"connecting to the bus at {', '.join(feeder.config.sink.servers)}")
+
+        def on_started() -> None:
+            self.started = True
+            fleet = feeder.config.fleet
+            if fleet is None:
+                self.view.event(self.now(), f"subscribing to {len(feeder.config.venue.streams)} stream(s)")
+            else:
+                self.view.event(self.now(), f"joining fleet {fleet.name!r} (redundancy {fleet.redundancy})")
+
+        timer = None
+        if self.duration is not None:
+            timer = asyncio.get_running_loop().call_later(self.duration, self._time_up)
+        ticker = asyncio.ensure_future(self.refresh())
+        try:
+            await feeder.run(self.stop_event, on_started=on_started, on_stopping=self._stopping)
+        except FeedError as exc:
+            raise CliError(str(exc), EXIT_CONNECT) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+            self.final_stats = feeder.pool.stats  # after the close: every shard's figures included
+            self.watch()
+            self.view.stop(self)
+        return _print_feed_summary(self, sys.stdout)
+
+    def _time_up(self) -> None:
+        self.timed_out = True
+        self.view.event(self.now(), f"--duration {self.duration:g}s reached: finishing")
+        self.stop_event.set()
+
+    def _stopping(self) -> None:
+        """Before the pool closes: its shards as they were, for the view and the summary."""
+        if not self.timed_out:
+            self.interrupted = True
+            self.view.event(self.now(), "interrupted: closing the pool, then waiting for the bus", "yellow")
+        self.watch()
+        self.final_shards = self.feeder.pool.shards
+
+
+class _FeedView(Protocol):
+    def start(self) -> None: ...
+    def event(self, at: float, text: str, style: str = "") -> None: ...
+    def refresh(self, run: _FeedRun) -> None: ...
+    def stop(self, run: _FeedRun) -> None: ...
+
+
+def _sink_line(stats: Any) -> str:
+    return (
+        f"stored {stats.stored}, duplicates {stats.duplicates}, pending {stats.pending}, "
+        f"retries {stats.retries}, waits {stats.waits}, {'connected' if stats.connected else 'NOT CONNECTED'}"
+    )
+
+
+class _FeedPlainView(_Lines["_FeedRun"]):
+    """Events as they happen; every ``--every`` seconds the shards, the sink and the fleet."""
+
+    def refresh(self, demo: _FeedRun) -> None:
+        if time.monotonic() - self._last_status < demo.every:
+            return
+        self._last_status = time.monotonic()
+        self.event(demo.now(), self._status_of(demo))
+
+    def _status_of(self, run: _FeedRun) -> str:
+        feeder = run.feeder
+        shards = " | ".join(
+            f"shard {i.index} {i.state.value.upper()} {i.streams} streams {i.messages_in} msgs"
+            for i in feeder.pool.shards
+        )
+        parts = [
+            shards or "no shard",
+            f"{run.per_s:.0f} msgs/s, received {feeder.figures.received}",
+            f"sink {_sink_line(feeder.sink.stats)}",
+        ]
+        fleet = feeder.fleet_figures()
+        if fleet is not None:
+            parts.append(f"fleet {len(fleet[0])} members, mine {fleet[1]} streams")
+        return "; ".join(parts)
+
+
+class _FeedRichView(_LiveView["_FeedRun"]):
+    """One row per shard; the sink; the fleet; the events."""
+
+    def _render(self, demo: _FeedRun) -> Any:
+        from rich.table import Table
+        from rich.text import Text
+
+        feeder = demo.feeder
+        config = feeder.config
+        figures = feeder.figures
+        sink = feeder.sink.stats
+        shards = demo.final_shards or feeder.pool.shards
+        limit = f"/{demo.duration:g}s" if demo.duration is not None else ""
+        header = Text()
+        header.append(f"{demo.per_s:.0f} msgs/s", style="bold")
+        header.append(
+            f"   received {figures.received}   streams {len(config.venue.streams)}   shards {len(shards)}   "
+            f"errors {figures.handler_errors}   gaps {figures.gaps}   t {demo.now():.1f}{limit}s"
+        )
+        table = Table(expand=True, pad_edge=False)
+        table.add_column("shard")
+        table.add_column("state")
+        for column in ("streams", "connects", "rotations", "msgs/s", "messages"):
+            table.add_column(column, justify="right")
+        for info in shards:
+            table.add_row(
+                f"shard {info.index}",
+                Text(info.state.value.upper(), style=_STATE_STYLE.get(info.state, "bold")),
+                str(info.streams),
+                str(info.connects),
+                str(info.rotations),
+                f"{demo.shard_per_s.get(info.index, 0.0):.0f}",
+                str(info.messages_in),
+            )
+        bus = Text()
+        bus.append(f"sink {config.sink.kind} {', '.join(config.sink.servers)}   ")
+        bus.append(
+            "connected" if sink.connected else "NOT CONNECTED",
+            style="bold green" if sink.connected else "bold red",
+        )
+        bus.append(
+            f"\nstored {sink.stored}   duplicates {sink.duplicates}   pending {sink.pending}   "
+            f"retries {sink.retries}   waits {sink.waits}   reconnects {sink.reconnects}"
+        )
+        parts: list[Any] = [header, table, bus]
+        fleet = feeder.fleet_figures()
+        if fleet is not None:
+            members, mine, me = fleet
+            parts.append(
+                Text(
+                    f"fleet {config.fleet.name if config.fleet else ''}: {len(members)} members "
+                    f"({', '.join(members)})   {me} (me) carries {mine} streams"
+                )
+            )
+        return self._frame(
+            f"wsclient feed: {config.venue.url} → {config.sink.kind}",
+            None,
+            *parts,
+            subtitle="Ctrl-C or SIGTERM: finish cleanly with the summary",
+        )
+
+
+def _print_feed_summary(run: _FeedRun, out: TextIO) -> int:
+    feeder = run.feeder
+    figures = feeder.figures
+    sink = feeder.final_sink_stats or feeder.sink.stats
+    stats = run.final_stats or feeder.pool.stats
+    lost = sink.abandoned
+    adds_up = figures.received == sink.stored + sink.duplicates + lost + sink.pending
+    lines = [
+        "",
+        f"Summary after {run.now():.1f}s (wsclient feed{', interrupted' if run.interrupted else ''})",
+        f"  messages received:   {figures.received} (handed to the sink; frames read: {stats.messages_in})",
+        f"  stored:              {sink.stored} (new in the bus)",
+        f"  duplicates:          {sink.duplicates} (copies the bus already had: dropped by message id)",
+        f"  abandoned:           {lost} (unacknowledged when the sink closed: maybe lost)",
+        f"  not published:       {figures.handler_errors}"
+        + (f" (last: {figures.last_error})" if figures.last_error else ""),
+        f"  gaps reported:       {figures.gaps} ({figures.gap_messages} messages the venue sent while no "
+        "connection received them)",
+        f"  pool:                {len(run.final_shards)} shard(s), {stats.connects} connects, "
+        f"{stats.rotations} rotations, {stats.duplicates_dropped} duplicates dropped",
+        f"  sink:                {sink.retries} retries, {sink.waits} waits (back-pressure), "
+        f"{sink.reconnects} reconnects, {sink.errors} refused",
+    ]
+    if figures.skipped:
+        lines.append(f"  skipped:             {figures.skipped} frames (not JSON objects, or not matching)")
+    fleet = feeder.fleet_figures()
+    if fleet is not None:
+        lines.append(
+            f"  fleet:               {len(fleet[0])} members ({', '.join(fleet[0])}); {fleet[2]} (me) "
+            f"carried {fleet[1]} streams at the end"
+        )
+    verdict = "OK" if adds_up else "MISMATCH"
+    lines.append(f"  accounting:          received = stored + duplicates + abandoned: {verdict}")
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+    if lost:
+        raise CliError(f"{lost} message(s) abandoned: not acknowledged by the bus in time", EXIT_ABANDONED)
+    return EXIT_OK
+
+
+async def _feed(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    try:
+        config = load_feed_config(args.config)
+    except (ConfigError, ValidationError) as exc:
+        raise CliError(f"{args.config}: {_config_message(exc)}", EXIT_USAGE) from None
+    if args.check:
+        print(f"{args.config}: OK: {describe_config(config)}", flush=True)
+        return EXIT_OK
+    try:
+        feeder = Feeder(config)
+    except (ConfigError, ValidationError, ValueError) as exc:
+        raise CliError(f"{args.config}: {_config_message(exc)}", EXIT_USAGE) from None
+    run = _FeedRun(args, feeder, stop)
+    if _rich_wanted(args):
+        run.view = _FeedRichView()
+    return await run.run()
+
+
+def _preview(data: bytes, width: int) -> str:
+    text = data.decode("utf-8", errors="replace").replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+async def _tail(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    try:
+        import nats
+        from nats.errors import Error as NatsError
+        from nats.js.errors import NotFoundError, ServiceUnavailableError
+    except ImportError:
+        raise CliError("tail needs nats-py: pip install 'wsclient[nats]'", EXIT_USAGE) from None
+    errors: list[BaseException] = []
+
+    async def on_error(exc: Exception) -> None:
+        # nats-py's default logs a traceback per failed attempt; one line at the end says it all.
+        errors.append(exc)
+
+    try:
+        nc = await nats.connect(
+            args.nats,
+            connect_timeout=2.0,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            error_cb=on_error,
+            name="wsclient tail",
+        )
+    except (OSError, TimeoutError, NatsError) as exc:
+        why = describe(errors[-1]) if errors else str(exc)
+        raise CliError(f"cannot connect to {args.nats}: {why}", EXIT_CONNECT) from None
+    try:
+        return await _tail_on(nc, args, stop)
+    except NotFoundError:
+        raise CliError(
+            f"no JetStream stream stores {args.subject!r}: check it, or give --stream", EXIT_ERROR
+        ) from None
+    except ServiceUnavailableError:
+        raise CliError(
+            f"{args.nats}: JetStream does not answer (not enabled on this server?)", EXIT_ERROR
+        ) from None
+    except NatsError as exc:  # a stream that went away, a refused consumer, ...
+        raise CliError(f"{args.nats}: {exc}", EXIT_ERROR) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+async def _tail_on(nc: Any, args: argparse.Namespace, stop: asyncio.Event) -> int:
+    from nats.js.api import DeliverPolicy
+
+    out = sys.stdout
+    # On a terminal a line fits its width; piped, previews are longer (a reader can cut them).
+    width = max(40, shutil.get_terminal_size().columns - 40) if out.isatty() else 400
+    printed = 0
+    done = asyncio.Event()
+    js = nc.jetstream()
+    stream = args.stream or await js.find_stream_name_by_subject(args.subject)
+    last = 10 if args.last is None and not args.all and not args.new else args.last
+    policy = DeliverPolicy.NEW if args.new else DeliverPolicy.ALL
+    skip_while = -1  # with --last: print a message once fewer than `last` matching ones follow it
+    if last is not None:
+        state = (await js.stream_info(stream, subjects_filter=args.subject)).state
+        matching = sum(state.subjects.values()) if state.subjects else state.messages
+        if last == 0:
+            policy = DeliverPolicy.NEW
+        elif matching > last:
+            skip_while = last
+
+    async def on_message(msg: Any) -> None:
+        nonlocal printed
+        if done.is_set():
+            return
+        meta = msg.metadata
+        if skip_while >= 0 and meta.num_pending >= skip_while:
+            return
+        if args.raw:
+            line = msg.data.decode("utf-8", errors="replace")
+        else:
+            msg_id = (msg.headers or {}).get("Nats-Msg-Id", "-")
+            line = f"{meta.sequence.stream:>8}  {msg.subject}  {msg_id}  {_preview(msg.data, width)}"
+        try:
+            out.write(line + "\n")
+            out.flush()
+        except BrokenPipeError:
+            done.set()  # `wsclient tail … | head`: the reader left
+            return
+        printed += 1
+        if args.count and printed >= args.count:
+            done.set()
+
+    sub = await js.subscribe(
+        args.subject, stream=stream, cb=on_message, ordered_consumer=True, deliver_policy=policy
+    )
+    stopping = asyncio.ensure_future(stop.wait())
+    finished = asyncio.ensure_future(done.wait())
+    try:
+        await asyncio.wait({stopping, finished}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        finished.cancel()
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return EXIT_OK
