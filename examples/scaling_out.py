@@ -86,7 +86,8 @@ async def main() -> None:
             # Feeder A crashes: its connections go, and what it had in flight is never acknowledged.
             await pool_a.close()
             await sink_a.close(timeout=0)
-            print(f"feeder A crashed: {sink_a.stats.stored} stored as new, abandoned {sink_a.stats.abandoned}")
+            a = sink_a.stats
+            print(f"feeder A crashed: {a.stored} stored as new, abandoned {a.abandoned}")
             await asyncio.sleep(1.0)
             venue.rate = 0  # the feed stops; B publishes what it has and closes cleanly
         print(f"feeder B: {sink_b.stats.stored} stored as new, {sink_b.stats.duplicates} copies dropped")
@@ -94,7 +95,8 @@ async def main() -> None:
         total = sum(len(v) for v in ids.values())
         whole = all(v == list(range(v[0], v[0] + len(v))) for v in ids.values())
         print(f"stream MD: {total} trades on {len(ids)} subjects")
-        print(f"every trade exactly once, in order: {whole and total == sink_a.stats.stored + sink_b.stats.stored}")
+        stored = sink_a.stats.stored + sink_b.stats.stored
+        print(f"every trade exactly once, in order: {whole and total == stored}")
 
 
 if __name__ == "__main__":

@@ -325,11 +325,6 @@ async def test_two_feeders_in_a_fleet_share_the_streams(
     assert sum(figure("stored", out) for _, out, _ in results) >= sum(len(v) for v in ids.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sinks/nats.py looks for b'\"duplicate\":true' but nats-server acknowledges a copy with "
-    "'\"duplicate\": true' (a space): copies are counted as stored, SinkStats.duplicates stays 0",
-)
 async def test_a_copy_is_counted_as_a_duplicate_not_stored(bus: NatsServer) -> None:
     from wsclient.sinks.nats import JetStreamSpec, NatsJetStreamSink
 

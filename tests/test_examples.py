@@ -33,6 +33,12 @@ EXPECTED = {
         "every stream exactly once, in order: True",
         "venue: violations=0 age cuts=0",
     ],
+    "scaling_out.py": [
+        "feeder A crashed:",
+        "copies dropped",
+        "stream MD: ",
+        "every trade exactly once, in order: True",
+    ],
     "behind_nginx.py": [
         "disconnected: connection closed with code 1006",
         "with heartbeat: the proxy cut the link 0 time(s), 0 disconnect(s)",
