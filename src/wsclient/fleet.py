@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
+from .logs import LogLimiter
 from .pool import Pool
 
 try:
@@ -156,6 +157,7 @@ class Fleet:
         self._mine: set[str] = set()  # what the pool carries for the fleet
         self._leaving: dict[str, asyncio.TimerHandle] = {}
         self._changed = asyncio.Event()
+        self._limiter = LogLimiter(burst=3)
         self._taken = self._released = self._renewals = self._failures = 0
 
     @property
@@ -166,7 +168,9 @@ class Fleet:
         """Join: connect, take a lease, add this member's share to the pool."""
         if self._task is not None:
             return
-        self._nc = await nats.connect(self.servers, name=f"wsclient-fleet-{self.member}")
+        self._nc = await nats.connect(
+            self.servers, name=f"wsclient-fleet-{self.member}", error_cb=self._on_nats_error
+        )
         js = self._nc.jetstream()
         try:
             self._kv = await js.create_key_value(bucket=self.name, ttl=self.lease, history=1)
@@ -214,6 +218,11 @@ class Fleet:
             renewals=self._renewals,
             renew_failures=self._failures,
         )
+
+    async def _on_nats_error(self, exc: Exception) -> None:
+        # nats-py's default prints a traceback per failed attempt; one rate-limited line says it all.
+        if self._limiter.allow("nats") is not None:
+            _log.warning("fleet %s: NATS error: %s", self.name, exc)
 
     async def wait_members(self, count: int, timeout: float | None = None) -> None:
         """Return once this member sees ``count`` live members (tests, start-up scripts)."""
