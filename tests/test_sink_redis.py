@@ -331,6 +331,22 @@ def test_functions_must_be_callable() -> None:
         RedisStreamSink(stream=trade_key, msg_id="t")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"msg_id": lambda m: m}, "msg_id"),
+        ({"stream": lambda m: b"k"}, "stream"),
+        ({"payload": lambda m: "text"}, "payload"),
+    ],
+)
+def test_a_key_id_or_payload_of_the_wrong_type_is_a_handler_error(kwargs: dict[str, Any], field: str) -> None:
+    options: dict[str, Any] = {"stream": lambda m: "k", "msg_id": str, "payload": lambda m: b"x", **kwargs}
+    sink = RedisStreamSink(**options)
+    with pytest.raises(TypeError, match=field):
+        sink(1)
+    assert sink.stats.received == 0
+
+
 def test_a_password_in_the_url_stays_out_of_the_repr() -> None:
     sink = RedisStreamSink("redis://feeder:hunter2@127.0.0.1:6379/0", stream=trade_key, msg_id=trade_id)
     assert "hunter2" not in repr(sink)

@@ -205,8 +205,12 @@ class RedisStreamSink:
         """Append ``msg``; returns an awaitable only when the window is full (back-pressure)."""
         if self._closing:
             raise SinkClosedError("the sink is closed: this message was not published")
-        entry = Entry(self._stream(msg), self._msg_id(msg), self._payload(msg, frame))
-        room = self._window.add(entry)
+        key, msg_id, payload = self._stream(msg), self._msg_id(msg), self._payload(msg, frame)
+        # Checked here, where the error reaches the client's error hook with the message, rather
+        # than when the pipeline is packed, where it would look like a broken connection.
+        if not (isinstance(key, str) and isinstance(msg_id, str) and isinstance(payload, bytes)):
+            raise TypeError(_wrong_types(key, msg_id, payload))
+        room = self._window.add(Entry(key, msg_id, payload))
         if self._task is None:
             self._start()
         self._wake.set()
@@ -419,6 +423,13 @@ class RedisStreamSink:
         suppressed = self._limiter.allow(kind)
         if suppressed is not None:
             _log.warning(text + LogLimiter.suffix(suppressed), *args)
+
+
+def _wrong_types(key: object, msg_id: object, payload: object) -> str:
+    for name, value, kind in (("stream", key, str), ("msg_id", msg_id, str), ("payload", payload, bytes)):
+        if not isinstance(value, kind):
+            return f"{name} must give {kind.__name__}, got {type(value).__name__}: {value!r:.80}"
+    raise AssertionError("unreachable: called only when a value has the wrong type")  # pragma: no cover
 
 
 def _describe(exc: BaseException) -> str:
