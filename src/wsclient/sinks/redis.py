@@ -22,8 +22,8 @@ How it writes:
 * **Pipelined, bounded.** Up to ``batch`` due entries go in one pipeline (not a transaction), one
   pipeline at a time on one connection, so Redis applies them in the handlers' order. The sink
   packs the ``XADD`` commands itself and writes them on a connection of redis-py's asyncio client:
-  redis-py's ``Pipeline`` packs each command argument by argument in Python, which made it about
-  four times slower than the sink is (a second pipeline in flight gained nothing measurable). Up to
+  redis-py's ``Pipeline`` packs each command argument by argument in Python, which made it three
+  to five times slower than the sink (a second pipeline in flight gained nothing measurable). Up to
   ``max_pending`` entries are unacknowledged at a time; when the window is full, the handler returns
   an awaitable: the client's dispatcher waits on it, its inbound queue fills, and under the default
   lossless ``"block"`` policy the WebSocket reader pauses. Memory stays bounded; nothing is dropped.
