@@ -27,7 +27,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
-# Real peers for the tests: nginx (apt, when absent and root) and the Node ws server (npm ci).
+# Real peers for the tests: nginx and redis-server (apt, when absent and root) and the Node ws server
+# (npm ci).
 peers:
 	bash tests/peers/install.sh
 

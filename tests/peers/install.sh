@@ -1,26 +1,24 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite runs against (`make peers`, run by `make test`):
-#   * nginx, from Debian's packages, when it is absent and we are root;
+#   * nginx and redis-server, from Debian's packages, when they are absent and we are root;
 #   * the Node `ws` server's dependencies, with `npm ci` from package-lock.json, when node_modules is
 #     missing or older than the lock file.
-# Without root, nginx or npm, it says so and carries on: the tests that need a missing peer skip on a
+# Without root, apt-get or npm, it says so and carries on: the tests that need a missing peer skip on a
 # developer's machine and fail under CI=true.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-install_nginx() {
-    if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then
-        return 0
-    fi
-    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        echo "peers: nginx is not installed and cannot be (needs root and apt-get): nginx tests will not run" >&2
-        return 0
-    fi
-    local package="" attempt policy_out
+# apt_install SERVICE PACKAGE...: installs the first PACKAGE that apt has a candidate for, without
+# starting its system service, and sets `installed` to its name. Needs root and apt-get.
+apt_install() {
+    local service=$1
+    shift
+    local package="" attempt candidate policy_out
+    installed=""
     # An index fetch can fail with only a warning and exit 0, leaving no candidate: three attempts.
     for attempt in 1 2 3; do
         apt-get update -qq || true
-        for candidate in nginx-light nginx; do
+        for candidate in "$@"; do
             # Captured first: `apt-cache ... | grep -q` under pipefail fails whenever grep exits
             # before apt-cache has written everything (SIGPIPE), which made this test flaky.
             policy_out=$(apt-cache policy "$candidate" 2>/dev/null || true)
@@ -29,16 +27,17 @@ install_nginx() {
                 break 2
             fi
         done
-        echo "peers: no nginx candidate after apt-get update (attempt $attempt of 3)" >&2
+        echo "peers: no $service candidate after apt-get update (attempt $attempt of 3)" >&2
         sleep $((attempt * 5))
     done
     if [ -z "$package" ]; then
-        echo "peers: no nginx package found by apt-cache" >&2
+        echo "peers: no $service package found by apt-cache" >&2
         return 1
     fi
-    # The tests run nginx with their own configuration on their own ports. A system service started
-    # by the package would hold port 80 for nothing, so the maintainer scripts are told not to start
-    # it (policy-rc.d answering 101 is Debian's switch for that), unless the machine already says so.
+    # The tests run the peer with their own configuration on their own ports. A system service
+    # started by the package would hold its port (80, 6379) for nothing, so the maintainer scripts
+    # are told not to start it (policy-rc.d answering 101 is Debian's switch for that), unless the
+    # machine already says so.
     local policy=/usr/sbin/policy-rc.d
     local made_policy=""
     if [ ! -e "$policy" ]; then
@@ -55,9 +54,39 @@ install_nginx() {
         return "$status"
     fi
     if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        systemctl disable --now nginx >/dev/null 2>&1 || true
+        systemctl disable --now "$service" >/dev/null 2>&1 || true
     fi
-    echo "peers: installed $package ($(nginx -v 2>&1))"
+    installed=$package
+}
+
+can_apt_install() {
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1
+}
+
+install_nginx() {
+    if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then
+        return 0
+    fi
+    if ! can_apt_install; then
+        echo "peers: nginx is not installed and cannot be (needs root and apt-get): nginx tests will not run" >&2
+        return 0
+    fi
+    apt_install nginx nginx-light nginx
+    echo "peers: installed $installed ($(nginx -v 2>&1))"
+}
+
+# redis-server, for the Redis Streams sink's tests (tests/test_sink_redis.py), which start their own
+# servers on free ports.
+install_redis() {
+    if command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ]; then
+        return 0
+    fi
+    if ! can_apt_install; then
+        echo "peers: redis-server is not installed and cannot be (needs root and apt-get): Redis sink tests will not run" >&2
+        return 0
+    fi
+    apt_install redis-server redis-server
+    echo "peers: installed $installed ($(redis-server --version))"
 }
 
 install_node_peer() {
@@ -74,4 +103,5 @@ install_node_peer() {
 }
 
 install_nginx
+install_redis
 install_node_peer
