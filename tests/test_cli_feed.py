@@ -339,3 +339,48 @@ async def test_a_copy_is_counted_as_a_duplicate_not_stored(bus: NatsServer) -> N
         sink(b"two")  # the same id: JetStream keeps the first
         assert await sink.flush(5)
     assert (sink.stats.stored, sink.stats.duplicates) == (1, 1)
+
+
+REDIS = """
+[venue]
+url = "{url}"
+discriminator = "e"
+streams = {streams}
+subscribe = {{ method = "SUBSCRIBE", params = "{{streams}}", id = "{{id}}" }}
+
+[messages]
+model = "wsclient.testing.venue:VenueTrade"
+dedup_key = ["s", "t"]
+
+[sink]
+kind = "redis"
+servers = "{redis}"
+subject = "md:trades:{{s}}"
+id = "{{s}}:{{t}}"
+"""
+
+
+async def test_a_redis_feed_appends_every_trade_once_in_order(tmp_path: Path, venue: VenueServer) -> None:
+    from tests.peers import require_binary
+    from wsclient.testing.redis import RedisServer
+
+    require_binary("redis-server", why="make peers installs it (apt-get install redis-server)")
+    import redis.asyncio as aioredis
+
+    async with RedisServer() as server:
+        config = write(tmp_path, REDIS, url=venue.url, redis=server.url)
+        code, out, err = await finish(await spawn("feed", str(config), "--duration", "1.5", "--plain"))
+        assert code == 0, (out, err)
+        assert "received = stored + duplicates + abandoned: OK" in out
+        r = aioredis.from_url(server.url)
+        try:
+            total = 0
+            for stream in STREAMS:
+                entries = await r.xrange(f"md:trades:{stream}")
+                ids = [json.loads(fields[b"data"])["t"] for _, fields in entries]
+                assert ids == list(range(1, len(ids) + 1)), stream
+                assert [fields[b"id"].decode() for _, fields in entries] == [f"{stream}:{t}" for t in ids]
+                total += len(ids)
+        finally:
+            await r.aclose()
+        assert figure("stored", out) == total > 60

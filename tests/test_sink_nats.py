@@ -462,3 +462,33 @@ async def test_a_fleet_of_three_over_300_streams_takes_over_a_killed_member(
         else:
             worst = max(worst, missing[subj])
     print(f"largest hole in a taken-over stream: {worst} trades at 5/s")
+
+
+async def test_a_bad_subject_or_id_is_that_messages_error_and_the_rest_flows(nats_server: NatsServer) -> None:
+    sink = NatsJetStreamSink(
+        nats_server.url,
+        subject=lambda m: "md.bad subject" if m.t == 2 else "md.ok",
+        msg_id=lambda m: "x\ud800" if m.t == 3 else f"id{m.t}",
+        stream=STREAM,
+    )
+    trade = VenueTrade(e="trade", s="z@trade", t=1, p=1, q=1, E=0)  # type: ignore[arg-type]
+    async with sink:
+        assert sink(trade, b"1") is None
+        with pytest.raises(ValueError, match="subject"):
+            sink(trade.model_copy(update={"t": 2}), b"2")
+        with pytest.raises(ValueError, match="message id"):
+            sink(trade.model_copy(update={"t": 3}), b"3")
+        assert sink(trade.model_copy(update={"t": 4}), b"4") is None
+        assert await sink.flush(5)
+    assert (sink.stats.received, sink.stats.stored, sink.stats.reconnects) == (2, 2, 0)
+
+
+async def test_an_unreachable_bus_is_said_not_retried_in_silence(caplog: pytest.LogCaptureFixture) -> None:
+    sink = make_sink("nats://user:hunter2secret@127.0.0.1:9", reconnect_initial=0.01, reconnect_max=0.05)
+    with caplog.at_level("WARNING", logger="wsclient.sinks"):
+        with pytest.raises(TimeoutError):
+            await sink.start(timeout=0.5)
+        await sink.close(timeout=0.1)
+    lines = [r.getMessage() for r in caplog.records if "cannot connect to NATS" in r.getMessage()]
+    assert lines, caplog.text
+    assert "hunter2secret" not in caplog.text and "hunter2secret" not in repr(sink)

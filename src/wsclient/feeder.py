@@ -428,11 +428,10 @@ class SinkSection(BaseModel):
                     message = str(first["msg"]).removeprefix("Value error, ")
                     raise ValueError(f"stream.{where}: {message}") from None
         else:
-            if importlib.util.find_spec("wsclient.sinks.redis") is None:
-                raise ValueError(
-                    'kind = "redis" is not available in this build (no wsclient.sinks.redis): '
-                    'use kind = "nats"'
-                )
+            try:
+                importlib.import_module("wsclient.sinks.redis")
+            except ImportError as exc:
+                raise ValueError(str(exc)) from None
             if self.stream is not None:
                 raise ValueError("stream is a JetStream setting: remove it with kind = redis")
         return self
@@ -638,16 +637,18 @@ class Feeder:
                 payload=sink.payload,
                 stream=JetStreamSpec.model_validate(sink.stream) if sink.stream is not None else None,
                 max_pending=sink.max_pending,
-                name="wsclient feed",
+                name="wsclient-feed",
             )
-        # The Redis sink is assumed to mirror the NATS one: a key and an id per message.
-        cls: Any = importlib.import_module(f"{__package__}.sinks.redis").RedisStreamSink
-        return cls(
+        from .sinks.redis import RedisStreamSink
+
+        # For Redis the subject template names the stream key (e.g. "md:trades:{s}").
+        return RedisStreamSink(
             sink.servers[0],
-            key=subject,
+            stream=subject,
             msg_id=msg_id,
             payload=sink.payload,
             max_pending=sink.max_pending,
+            name="wsclient-feed",
         )
 
     def _counting(self, sink: Any) -> Callable[..., Any]:

@@ -18,15 +18,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
 from ..codec import Data
 
 __all__ = ["Payload", "SinkClosedError", "SinkStats"]
+
+R = TypeVar("R")
 
 Payload = Literal["raw", "json"] | Callable[[Any], bytes]
 """``"raw"``: the frame's bytes as received; ``"json"``: the model's JSON; or a function of the
@@ -109,6 +112,36 @@ def payload_of(kind: Payload) -> Callable[[Any, Data | None], bytes]:
     if callable(kind):
         return lambda msg, frame: kind(msg)
     raise ValueError(f'payload must be "raw", "json" or a function of the message, got {kind!r}')
+
+
+async def connect_with_backoff(
+    open_connection: Callable[[], Awaitable[R]],
+    initial: float,
+    maximum: float,
+    on_retry: Callable[[BaseException, float], None],
+) -> R:
+    """``open_connection()`` until it succeeds, with exponential backoff and jitter between
+    attempts (tenacity); ``on_retry(exception, delay)`` before each wait, so that a bus that stays
+    unreachable is said, not retried in silence."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        if state.outcome is not None and state.next_action is not None:
+            exc = state.outcome.exception()
+            if exc is not None:
+                on_retry(exc, state.next_action.sleep)
+
+    retrying = AsyncRetrying(
+        # wait_exponential_jitter's ``initial`` is deprecated in tenacity 9.2 and its replacement
+        # absent from 8.x: the same backoff from parts every version has.
+        wait=wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial),
+        retry=retry_if_exception_type(Exception),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await open_connection()
+    raise AssertionError("unreachable: the retry loop only ends by returning")  # pragma: no cover
 
 
 class Window:

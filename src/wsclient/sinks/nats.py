@@ -34,17 +34,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
 
 from ..codec import Data
 from ..logs import LogLimiter
-from .base import Entry, Payload, SinkClosedError, SinkStats, Window, payload_of
+from ..redact import redact_url
+from .base import Entry, Payload, SinkClosedError, SinkStats, Window, connect_with_backoff, payload_of
 
 try:
     import nats
@@ -62,6 +63,9 @@ _MSG_ID = "Nats-Msg-Id"
 # A JetStream publish acknowledgement: {"stream":"MD","seq":17} or {..., "duplicate":true}; a
 # refusal: {"error":{"code":503,...}}. Only these two facts are read, without a JSON parse.
 _DUPLICATE = b'"duplicate"'  # present only when true
+# A subject to publish to: dot-separated tokens, no whitespace, no wildcard, valid UTF-8.
+_SUBJECT = re.compile(r"[^\s.*>]+(?:\.[^\s.*>]+)*\Z", re.ASCII).match
+_MSG_ID_OK = re.compile(r"[^\r\n\ud800-\udfff]+\Z").match
 _ERROR = b'"error"'
 
 
@@ -195,7 +199,14 @@ class NatsJetStreamSink:
         """Publish ``msg``; returns an awaitable only when the window is full (back-pressure)."""
         if self._closing:
             raise SinkClosedError("the sink is closed: this message was not published")
-        entry = Entry(self._subject(msg), self._msg_id(msg), self._payload(msg, frame))
+        subject, msg_id = self._subject(msg), self._msg_id(msg)
+        # Checked here, where a bad one is this message's handler error: written later, nats-py
+        # would refuse it in the I/O loop, which can only take it for a broken connection.
+        if subject.__class__ is not str or not _SUBJECT(subject):
+            raise ValueError(f"not a NATS subject to publish to: {subject!r:.80}")
+        if msg_id.__class__ is not str or not _MSG_ID_OK(msg_id):
+            raise ValueError(f"not a message id for the Nats-Msg-Id header: {msg_id!r:.80}")
+        entry = Entry(subject, msg_id, self._payload(msg, frame))
         room = self._window.add(entry)
         if self._task is None:
             self._start()
@@ -275,7 +286,10 @@ class NatsJetStreamSink:
 
     def __repr__(self) -> str:
         state = "connected" if self._connected.is_set() else "closed" if self._closed else "not connected"
-        return f"<NatsJetStreamSink {self.servers[0]} {state}, {len(self._window)} pending>"
+        return f"<NatsJetStreamSink {self._where()} {state}, {len(self._window)} pending>"
+
+    def _where(self) -> str:
+        return ", ".join(redact_url(server) for server in self.servers)
 
     # -- the I/O loop -----------------------------------------------------------------------------
 
@@ -323,15 +337,12 @@ class NatsJetStreamSink:
 
     async def _connect(self) -> NatsClient:
         initial, maximum = self._reconnect
-        retrying = AsyncRetrying(
-            wait=wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial),
-            retry=retry_if_exception_type(Exception),
-            reraise=True,
+        return await connect_with_backoff(self._open, initial, maximum, self._retrying)
+
+    def _retrying(self, exc: BaseException, delay: float) -> None:
+        self._note(
+            "connect", "cannot connect to NATS at %s (%s): retrying in %.2f s", self._where(), exc, delay
         )
-        async for attempt in retrying:
-            with attempt:
-                return await self._open()
-        raise AssertionError("unreachable: the retry loop only ends by returning")  # pragma: no cover
 
     async def _open(self) -> NatsClient:
         nc = await nats.connect(
@@ -341,6 +352,9 @@ class NatsJetStreamSink:
             connect_timeout=self._connect_timeout,
             ping_interval=self._ping_interval,
             max_outstanding_pings=2,
+            # One attempt per server and call, no wait of nats-py's own: the backoff is the sink's.
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0,
             error_cb=self._on_nats_error,
             disconnected_cb=self._on_disconnect,
             closed_cb=self._on_disconnect,

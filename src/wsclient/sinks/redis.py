@@ -60,12 +60,10 @@ from types import TracebackType
 from typing import Any, Self, cast
 from urllib.parse import urlsplit
 
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
-
 from ..codec import Data
 from ..logs import LogLimiter
 from ..redact import redact_url
-from .base import Entry, Payload, SinkClosedError, SinkStats, Window, payload_of
+from .base import Entry, Payload, SinkClosedError, SinkStats, Window, connect_with_backoff, payload_of
 
 try:
     from redis.asyncio import Redis
@@ -187,6 +185,10 @@ class RedisStreamSink:
         self._reconnect = (reconnect_initial, reconnect_max)
         self._connect_timeout = connect_timeout
         self._ping_interval = ping_interval
+        if name is not None and (not name or any(c.isspace() for c in name)):
+            raise ValueError(
+                f"name must be a non-empty client name without spaces (CLIENT SETNAME), got {name!r}"
+            )
         self.name = name
         self._window = Window(max_pending)
         self._redis: Redis | None = None
@@ -369,17 +371,16 @@ class RedisStreamSink:
 
     async def _connect(self) -> AbstractConnection:
         initial, maximum = self._reconnect
-        retrying = AsyncRetrying(
-            # wait_exponential_jitter's ``initial`` is deprecated in tenacity 9.2 and its
-            # replacement absent from 8.x: the same backoff from parts every version has.
-            wait=wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial),
-            retry=retry_if_exception_type(Exception),
-            reraise=True,
+        return await connect_with_backoff(self._open, initial, maximum, self._retrying)
+
+    def _retrying(self, exc: BaseException, delay: float) -> None:
+        self._note(
+            "connect",
+            "cannot connect to Redis at %s (%s): retrying in %.2f s",
+            redact_url(self.url),
+            exc,
+            delay,
         )
-        async for attempt in retrying:
-            with attempt:
-                return await self._open()
-        raise AssertionError("unreachable: the retry loop only ends by returning")  # pragma: no cover
 
     async def _open(self) -> AbstractConnection:
         redis = Redis.from_url(
