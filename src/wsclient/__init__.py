@@ -36,6 +36,7 @@ from .events import (
     HeartbeatMissed,
     MessageDropped,
     Reconnecting,
+    StateChanged,
 )
 from .pool import Pool, PoolStats, ShardInfo, StreamStale
 from .resync import (
@@ -50,6 +51,7 @@ from .resync import (
 )
 from .routing import Message, Registration, SequenceGap
 from .state import ConnectionState, IllegalTransitionError
+from .streams import Stream
 
 __version__ = "0.1.0.dev0"
 
@@ -100,6 +102,8 @@ __all__ = [
     "ResyncStats",
     "SequenceGap",
     "ShardInfo",
+    "StateChanged",
+    "Stream",
     "StreamStale",
     "Subscription",
     "Synced",

@@ -33,7 +33,7 @@ from .callbacks import Callbacks
 from .config import ClientConfig, validate_url
 from .dedup import Dedup
 from .errors import ClientClosedError, ConfigError, RefreshFailed
-from .events import ClientEvent, ClientStats
+from .events import ClientEvent, ClientStats, StateChanged
 from .inbound import Inbound
 from .logs import ClientLog, LogLimiter
 from .outbound import Outbound
@@ -42,6 +42,7 @@ from .redact import Redactor, connection_secrets, redact_url
 from .routing import RequestTracker, SequenceGap
 from .session import Outbox, Outgoing, Session, Subscription
 from .state import ConnectionState, StateEvent, StateMachine
+from .streams import Overflow, Stream
 from .supervisor import Connection, Supervisor
 from .transport import ConnectOptions, Connector, get_connector
 
@@ -88,6 +89,7 @@ class Client:
         "_safe_url",
         "_session",
         "_state_waiters",
+        "_streams",
         "_supervisor",
     )
 
@@ -196,6 +198,7 @@ class Client:
         # Plain futures rather than asyncio.Event: an Event allocates a waiter deque (~760 B) up
         # front, and a feeder may hold hundreds of idle clients.
         self._state_waiters: list[asyncio.Future[None]] | None = None
+        self._streams: list[Stream[Any]] | None = None  # made by the first messages()/events()
 
     # ------------------------------------------------------------------ registration
 
@@ -281,6 +284,59 @@ class Client:
         """
         self._callbacks.event = (*self._callbacks.event, callback)
         return callback
+
+    def messages(
+        self, *models: type[BaseModel], maxsize: int = 1000, overflow: Overflow = "block"
+    ) -> Stream[Any]:
+        """``async for msg in client.messages(Trade, Ticker):`` the messages of these models, in
+        arrival order; with no model, every raw frame (``str`` or ``bytes``).
+
+        Each call makes a :class:`~wsclient.streams.Stream` with its own buffer of ``maxsize``
+        items. ``overflow="block"`` (the default) holds the client back while the buffer is full, as
+        a slow handler would (lossless with the default inbound policy); ``"drop_oldest"`` /
+        ``"drop_newest"`` drop and count in ``stream.dropped``. The iteration ends once the client is
+        closed (or has failed) and the buffer is read; ``await stream.aclose()`` (or ``async with``)
+        unregisters it earlier. Call it before ``start()`` to miss nothing.
+        """
+        stream: Stream[Any] = Stream(maxsize, overflow)
+        if models:
+            registrations = [self.on(model, stream.put) for model in models]
+
+            def unregister() -> None:
+                for registration in registrations:
+                    registration.cancel()
+
+        else:
+            self._inbound.add_message_callback(stream.put)
+
+            def unregister() -> None:
+                self._inbound.remove_message_callback(stream.put)
+
+        return self._keep(stream, unregister)
+
+    def events(self, maxsize: int = 1000, overflow: Overflow = "drop_oldest") -> Stream[ClientEvent]:
+        """``async for event in client.events():`` lifecycle events, :class:`~wsclient.StateChanged`
+        included, in order. The buffer drops its oldest event when full by default (``dropped``
+        counts them), so a reader that falls behind never holds the connection back. Ends like
+        :meth:`messages`."""
+        stream: Stream[ClientEvent] = Stream(maxsize, overflow)
+        put = stream.put
+        self._callbacks.event = (*self._callbacks.event, put)
+
+        def unregister() -> None:
+            self._callbacks.event = tuple(cb for cb in self._callbacks.event if cb is not put)
+
+        return self._keep(stream, unregister)
+
+    def _keep(self, stream: Stream[Any], unregister: Callable[[], None]) -> Stream[Any]:
+        stream._unregister = unregister
+        if self.state.is_terminal:
+            stream.end()
+            return stream
+        if self._streams is None:
+            self._streams = []
+        self._streams.append(stream)
+        return stream
 
     def on_error(
         self, callback: Callable[[object, BaseException], Any]
@@ -525,6 +581,13 @@ class Client:
 
     def _on_transition(self, old: ConnectionState, event: StateEvent, new: ConnectionState) -> None:
         self._log.debug("state %s --%s--> %s", old.value, event.value, new.value)
+        callbacks = self._callbacks
+        if callbacks.event:
+            callbacks.emit(StateChanged(old, new, event.value))
+        if new.is_terminal and self._streams:
+            streams, self._streams = self._streams, None
+            for stream in streams:
+                stream.end()
         waiters = self._state_waiters
         if waiters:
             self._state_waiters = []

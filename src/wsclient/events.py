@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .state import ConnectionState
+
 __all__ = [
     "ClientEvent",
     "ClientStats",
@@ -26,6 +28,7 @@ __all__ = [
     "HeartbeatMissed",
     "MessageDropped",
     "Reconnecting",
+    "StateChanged",
 ]
 
 
@@ -116,8 +119,19 @@ class MessageDropped:
     data: str | bytes
 
 
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    """The client moved from one state to another (every transition of its state table)."""
+
+    old: ConnectionState
+    new: ConnectionState
+    cause: str
+    """What made it move: a :class:`~wsclient.state.StateEvent` value (``"connection_lost"``, ...)."""
+
+
 ClientEvent = (
-    Connected
+    StateChanged
+    | Connected
     | Disconnected
     | ConnectFailed
     | Reconnecting

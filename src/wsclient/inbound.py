@@ -237,6 +237,14 @@ class Inbound:
         self.message_callbacks = (*self.message_callbacks, callback)
         self._update_target()
 
+    def remove_message_callback(self, callback: Callable[[Data], Any]) -> None:
+        """Unregister an ``on_message`` callback (the first registration of it)."""
+        callbacks = list(self.message_callbacks)
+        if callback in callbacks:
+            callbacks.remove(callback)
+            self.message_callbacks = tuple(callbacks)
+            self._update_target()
+
     def route(self) -> None:
         """Turn typed routing on (a model, an ``on_unknown`` hook or a request needs it)."""
         if not self._routing:
