@@ -134,10 +134,20 @@ async def run_wsclient(
     errors: list[str] = []
     sink.on_done = lambda: finished.done() or finished.set_result(None)
     client = Client(url, config=wsclient_config(transport))
-    register(client, sink, api, handler)
     client.on_error(lambda item, exc: errors.append(repr(exc)))
-    async with client:
-        await finished
+    if api == "iter":  # async for msg in client.messages(*models)
+        if not hasattr(Client, "messages"):
+            raise Unavailable("Client.messages (async iteration) does not exist yet")
+        stream = client.messages(*MODELS)
+        async with client:
+            async for msg in stream:
+                sink(msg)
+                if finished.done():
+                    break
+    else:
+        register(client, sink, api, handler)
+        async with client:
+            await finished
     if errors:
         raise RuntimeError(f"{len(errors)} errors in wsclient, first: {errors[0]}")
 
@@ -251,6 +261,9 @@ VARIANTS: dict[str, Variant] = {
     "wsclient-typed-sync": Variant("wsclient typed dispatch, sync handler", run_wsclient, {}),
     "wsclient-typed-async": Variant(
         "wsclient typed dispatch, async handler", run_wsclient, {"handler": "async"}
+    ),
+    "wsclient-typed-iter": Variant(
+        "wsclient typed, async for msg in client.messages(...)", run_wsclient, {"api": "iter"}
     ),
     "wsclient-raw-sync": Variant("wsclient raw+validate, sync handler", run_wsclient, {"api": "raw"}),
     "wsclient-raw-async": Variant(
