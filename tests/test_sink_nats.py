@@ -467,7 +467,7 @@ async def test_a_fleet_of_three_over_300_streams_takes_over_a_killed_member(
 async def test_a_bad_subject_or_id_is_that_messages_error_and_the_rest_flows(nats_server: NatsServer) -> None:
     sink = NatsJetStreamSink(
         nats_server.url,
-        subject=lambda m: "md.bad subject" if m.t == 2 else "md.ok",
+        subject=lambda m: {2: "md.bad subject", 5: "md.\udc80"}.get(m.t, "md.ok"),
         msg_id=lambda m: "x\ud800" if m.t == 3 else f"id{m.t}",
         stream=STREAM,
     )
@@ -478,6 +478,8 @@ async def test_a_bad_subject_or_id_is_that_messages_error_and_the_rest_flows(nat
             sink(trade.model_copy(update={"t": 2}), b"2")
         with pytest.raises(ValueError, match="message id"):
             sink(trade.model_copy(update={"t": 3}), b"3")
+        with pytest.raises(ValueError, match="subject"):
+            sink(trade.model_copy(update={"t": 5}), b"5")
         assert sink(trade.model_copy(update={"t": 4}), b"4") is None
         assert await sink.flush(5)
     assert (sink.stats.received, sink.stats.stored, sink.stats.reconnects) == (2, 2, 0)

@@ -64,7 +64,7 @@ _MSG_ID = "Nats-Msg-Id"
 # refusal: {"error":{"code":503,...}}. Only these two facts are read, without a JSON parse.
 _DUPLICATE = b'"duplicate"'  # present only when true
 # A subject to publish to: dot-separated tokens, no whitespace, no wildcard, valid UTF-8.
-_SUBJECT = re.compile(r"[^\s.*>]+(?:\.[^\s.*>]+)*\Z", re.ASCII).match
+_SUBJECT = re.compile(r"[^\s.*>\ud800-\udfff]+(?:\.[^\s.*>\ud800-\udfff]+)*\Z", re.ASCII).match
 _MSG_ID_OK = re.compile(r"[^\r\n\ud800-\udfff]+\Z").match
 _ERROR = b'"error"'
 
