@@ -1,0 +1,477 @@
+"""Append typed messages to Redis Streams, at least once, in order, with back-pressure.
+
+A :class:`RedisStreamSink` is a handler: ``client.on(Trade, sink)`` (or ``pool.on``). For each
+message it computes the stream key and the message id from functions of the message, and appends
+one entry to the stream::
+
+    XADD <key> MAXLEN ~ <maxlen> * id <msg_id> data <payload>
+
+``data`` is the raw frame as received (or the model's JSON); ``id`` is the application's message id,
+kept in the entry so that consumers can recognise copies.
+
+**The guarantee is at least once, not exactly once.** Redis Streams (Redis 7) have no server-side
+de-duplication: an ``XADD`` of an id the stream already holds appends a second entry. When a
+connection breaks while a pipeline is in flight, the sink cannot know which of its commands Redis
+applied, so it sends them all again: every message handed to the sink is stored at least once, and
+a retried pipeline can append copies. Consumers drop them with :class:`SeenIds` (or
+:func:`read_stream`, which uses it). ``stats.retries`` counts the entries sent again, an upper
+bound on the copies; ``stats.duplicates`` stays 0 (Redis does not say).
+
+How it writes:
+
+* **Pipelined, bounded.** Up to ``batch`` due entries go in one pipeline (not a transaction), one
+  pipeline at a time on one connection, so Redis applies them in the handlers' order. Up to
+  ``max_pending`` entries are unacknowledged at a time; when the window is full, the handler returns
+  an awaitable: the client's dispatcher waits on it, its inbound queue fills, and under the default
+  lossless ``"block"`` policy the WebSocket reader pauses. Memory stays bounded; nothing is dropped.
+* **Order survives a lost connection.** A pipeline that fails or whose replies do not come within
+  ``ack_timeout`` drops the connection; the sink reconnects (tenacity's exponential backoff with
+  jitter; redis-py's own retries are off, so that nothing is resent behind the sink's back) and
+  sends every unacknowledged entry again, oldest first ("go back N"). The first appearance of each
+  id in a stream is therefore in the handlers' order; copies only ever follow their original.
+* **Refusals are retried in place.** An entry Redis refuses (``OOM``, ``WRONGTYPE``, ...) is
+  counted in ``stats.errors``, logged, and sent again after a pause that grows to
+  ``reconnect_max``; the entries after it in the same pipeline were applied and are counted in
+  ``stats.reordered`` when the retried one lands after them.
+
+What "acknowledged" means depends on the server: with ``appendonly yes`` and ``appendfsync always``
+Redis answers an ``XADD`` only once it is on disk, so an acknowledged entry survives a crash of the
+server; with other persistence settings it may not. A clean ``close()`` waits for every
+acknowledgement (up to ``timeout``); what a killed process had in its window (at most
+``max_pending`` messages) is lost unless a second feeder writes the same ids.
+
+``MAXLEN ~`` trims each stream approximately (whole macro-nodes, cheap), so a stream holds at least
+``maxlen`` entries and a little more; ``maxlen=None`` never trims.
+
+Requires the ``redis`` extra: ``pip install 'wsclient[redis]'``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from types import TracebackType
+from typing import Any, Self, cast
+from urllib.parse import urlsplit
+
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from ..codec import Data
+from ..logs import LogLimiter
+from ..redact import redact_url
+from .base import Entry, Payload, SinkClosedError, SinkStats, Window, payload_of
+
+try:
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("wsclient.sinks.redis needs redis-py: pip install 'wsclient[redis]'") from exc
+
+__all__ = ["RedisStreamSink", "SeenIds", "read_stream"]
+
+_log = logging.getLogger("wsclient.sinks")
+
+_SCHEMES = ("redis", "rediss", "unix")
+
+
+class RedisStreamSink:
+    """A handler that appends each message to a Redis stream, at least once (see the module).
+
+    ::
+
+        sink = RedisStreamSink(
+            "redis://127.0.0.1:6379/0",
+            stream=lambda m: f"md:trades:{m.s}",
+            msg_id=lambda m: f"{m.s}:{m.t}",
+        )
+        client.on(Trade, sink)
+        async with sink, client:
+            ...
+
+    Leave the ``async with`` of the sink after the client's (or call :meth:`close` after the
+    client's): the client stops delivering, then the sink waits for the acknowledgements of what it
+    was given.
+
+    Args:
+        url: A ``redis://``, ``rediss://`` or ``unix://`` URL (database number included).
+        stream: The stream key of a message (a function of the message, or of the raw frame when
+            the sink is registered with ``client.on_message``).
+        msg_id: Its id, stored in the entry's ``id`` field: the same message must get the same id
+            in every feeder, so that consumers can drop copies.
+        payload: ``"raw"`` (the frame as received, the default), ``"json"`` (the model's JSON) or
+            a function of the message returning bytes; stored in the ``data`` field.
+        maxlen: Approximate length each stream is trimmed to (``MAXLEN ~``); ``None`` never trims.
+        max_pending: The window: entries unacknowledged at a time before handlers wait.
+        batch: Most entries in one pipeline.
+        ack_timeout: Seconds a pipeline's replies may take before the connection is dropped and the
+            window sent again.
+        reconnect_initial, reconnect_max: Backoff bounds (seconds) between connection attempts, and
+            of the pause before an entry Redis refused is sent again.
+        connect_timeout: Seconds one connection attempt (connect and ``PING``) may take.
+        ping_interval: Seconds of idleness after which the sink pings Redis, so that a lost server
+            is noticed (``stats.connected``) before the next message.
+        name: The connection's name (``CLIENT SETNAME``), as ``CLIENT LIST`` shows it.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        stream: Callable[[Any], str],
+        msg_id: Callable[[Any], str],
+        payload: Payload = "raw",
+        maxlen: int | None = 100_000,
+        max_pending: int = 4096,
+        batch: int = 256,
+        ack_timeout: float = 5.0,
+        reconnect_initial: float = 0.05,
+        reconnect_max: float = 2.0,
+        connect_timeout: float = 2.0,
+        ping_interval: float = 5.0,
+        name: str | None = None,
+    ) -> None:
+        if not callable(stream):
+            raise TypeError("stream must be a function of the message returning the stream key")
+        if not callable(msg_id):
+            raise TypeError("msg_id must be a function of the message returning its unique id")
+        if not isinstance(url, str) or urlsplit(url).scheme not in _SCHEMES:
+            raise ValueError(
+                f"url must be a redis://, rediss:// or unix:// URL, got {redact_url(str(url))!r}"
+            )
+        for field, count in (("max_pending", max_pending), ("batch", batch), ("maxlen", maxlen)):
+            if field == "maxlen" and count is None:
+                continue
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"{field} must be a positive int, got {count!r}")
+        for field, value in (
+            ("ack_timeout", ack_timeout),
+            ("reconnect_initial", reconnect_initial),
+            ("reconnect_max", reconnect_max),
+            ("connect_timeout", connect_timeout),
+            ("ping_interval", ping_interval),
+        ):
+            if not value > 0:
+                raise ValueError(f"{field} must be positive, got {value!r}")
+        if reconnect_max < reconnect_initial:
+            raise ValueError(
+                f"reconnect_max ({reconnect_max}) must be at least reconnect_initial ({reconnect_initial})"
+            )
+        self.url = url
+        self._stream = stream
+        self._msg_id = msg_id
+        self._payload = payload_of(payload)
+        self.wants_frame = payload == "raw"
+        """Read by ``client.on``: the handler is called with the raw frame too."""
+        # The constant part of every XADD, after the key: trimming, then the server-made entry id.
+        self._trim: tuple[str | int, ...] = ("MAXLEN", "~", maxlen, "*") if maxlen is not None else ("*",)
+        self.maxlen = maxlen
+        self.batch = batch
+        self.ack_timeout = ack_timeout
+        self._reconnect = (reconnect_initial, reconnect_max)
+        self._connect_timeout = connect_timeout
+        self._ping_interval = ping_interval
+        self.name = name
+        self._window = Window(max_pending)
+        self._redis: Redis | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._closed = False
+        self._connects = 0
+        self._abandoned = 0
+        self._limiter = LogLimiter()
+
+    # -- the handler ------------------------------------------------------------------------------
+
+    def __call__(self, msg: Any, frame: Data | None = None) -> Awaitable[None] | None:
+        """Append ``msg``; returns an awaitable only when the window is full (back-pressure)."""
+        if self._closing:
+            raise SinkClosedError("the sink is closed: this message was not published")
+        entry = Entry(self._stream(msg), self._msg_id(msg), self._payload(msg, frame))
+        room = self._window.add(entry)
+        if self._task is None:
+            self._start()
+        self._wake.set()
+        return room
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="wsclient-redis-sink")
+
+    async def start(self, timeout: float | None = None) -> None:
+        """Connect now, waiting up to ``timeout`` seconds for it; without it, the first message
+        connects."""
+        if self._closing:
+            raise SinkClosedError("the sink is closed")
+        if self._task is None:
+            self._start()
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every message given so far is acknowledged; False on ``timeout``."""
+        try:
+            await asyncio.wait_for(self._window.wait_empty(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop taking messages, wait up to ``timeout`` seconds for the acknowledgements of those
+        taken, then close the connection. What is still unacknowledged then is logged and counted
+        in ``stats.abandoned``. Idempotent."""
+        if self._closed:
+            return
+        self._closing = True
+        if self._task is not None and not await self.flush(timeout):
+            self._abandoned += self._window.abandon(SinkClosedError("the sink closed before publishing"))
+            _log.error(
+                "Redis sink closed with %d message(s) unacknowledged after %.1f s: maybe lost",
+                self._abandoned,
+                timeout,
+            )
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._drop_connection()
+
+    @property
+    def stats(self) -> SinkStats:
+        """Counters, now. ``duplicates`` is always 0: Redis does not report copies."""
+        w = self._window
+        return SinkStats(
+            received=w.received,
+            stored=w.stored,
+            duplicates=w.duplicates,
+            pending=len(w),
+            retries=w.retries,
+            timeouts=w.timeouts,
+            errors=w.errors,
+            waits=w.waits,
+            reconnects=max(self._connects - 1, 0),
+            reordered=w.reordered,
+            abandoned=self._abandoned,
+            connected=self._connected.is_set(),
+        )
+
+    def __repr__(self) -> str:
+        state = "connected" if self._connected.is_set() else "closed" if self._closed else "not connected"
+        return f"<RedisStreamSink {redact_url(self.url)} {state}, {len(self._window)} pending>"
+
+    # -- the I/O loop -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Connect, send what is due, one pipeline at a time; reconnect on loss."""
+        while True:
+            redis = await self._connect()
+            self._window.rewind()  # everything unacknowledged goes again, in order
+            try:
+                await self._pump(redis)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._note("connection", "Redis connection lost (%s): reconnecting", _describe(exc))
+            await self._drop_connection()
+
+    async def _pump(self, redis: Redis) -> None:
+        window, wake, batch, trim = self._window, self._wake, self.batch, self._trim
+        pipe = redis.pipeline(transaction=False)
+        refusals = 0
+        while True:
+            sent: list[int] = []
+            while len(sent) < batch:
+                item = window.next_to_send()
+                if item is None:
+                    break
+                token, entry = item
+                pipe.execute_command("XADD", entry.key, *trim, "id", entry.msg_id, "data", entry.payload)
+                sent.append(token)
+            if sent:
+                try:
+                    async with asyncio.timeout(self.ack_timeout):
+                        replies = await pipe.execute(raise_on_error=False)
+                except TimeoutError:
+                    window.timeouts += 1
+                    raise TimeoutError(f"no reply to a pipeline within {self.ack_timeout} s") from None
+                refused: BaseException | None = None
+                for token, reply in zip(sent, replies, strict=True):
+                    if isinstance(reply, BaseException):
+                        if window.failed(token):
+                            refused = reply
+                    else:
+                        window.acked(token)
+                if refused is None:
+                    refusals = 0
+                    continue
+                # Sent again from the oldest refused entry on, after a pause, on the same connection.
+                initial, maximum = self._reconnect
+                pause = min(initial * 2**refusals, maximum)
+                refusals += 1
+                self._note("refused", "Redis refused an XADD (%s): sending again", _describe(refused))
+                await asyncio.sleep(pause)
+                window.rewind()
+                continue
+            wake.clear()
+            if window.has_due:
+                continue
+            try:
+                async with asyncio.timeout(self._ping_interval):
+                    await wake.wait()
+            except TimeoutError:
+                async with asyncio.timeout(self.ack_timeout):
+                    await redis.ping()
+
+    async def _connect(self) -> Redis:
+        initial, maximum = self._reconnect
+        retrying = AsyncRetrying(
+            wait=wait_exponential_jitter(initial=initial, max=maximum, jitter=initial),
+            retry=retry_if_exception_type(Exception),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._open()
+        raise AssertionError("unreachable: the retry loop only ends by returning")  # pragma: no cover
+
+    async def _open(self) -> Redis:
+        redis = Redis.from_url(
+            self.url,
+            socket_connect_timeout=self._connect_timeout,
+            # The sink bounds each pipeline with ack_timeout itself.
+            socket_timeout=None,
+            # The sink reconnects and resends itself: a retry inside redis-py would resend a
+            # pipeline behind its back, after entries the sink may have resent already.
+            retry=Retry(NoBackoff(), 0),
+            client_name=self.name,
+        )
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await redis.ping()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await redis.aclose()
+            raise
+        self._redis = redis
+        self._connects += 1
+        self._connected.set()
+        if self._connects > 1:
+            _log.info("Redis sink reconnected to %s", redact_url(self.url))
+        return redis
+
+    async def _drop_connection(self) -> None:
+        self._connected.clear()
+        redis, self._redis = self._redis, None
+        if redis is not None:
+            # Closing a broken connection: nothing more to learn from it.
+            with contextlib.suppress(Exception):
+                await redis.aclose()
+
+    def _note(self, kind: str, text: str, *args: object) -> None:
+        suppressed = self._limiter.allow(kind)
+        if suppressed is not None:
+            _log.warning(text + LogLimiter.suffix(suppressed), *args)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class SeenIds:
+    """The message ids a consumer has seen lately, to drop the copies an at-least-once sink writes.
+
+    Memory is bounded: the last ``capacity`` distinct ids are kept, in the order they were first
+    seen, and the oldest is forgotten when a new one comes. A copy is recognised as long as fewer
+    than ``capacity`` other ids were seen between it and its original; a retried pipeline's copies
+    follow their originals by at most the sink's ``max_pending`` entries (per stream, less), so a
+    capacity well above that (the default is 100,000) recognises them all.
+
+    ::
+
+        seen = SeenIds()
+        for entry_id, fields in entries:
+            if seen.seen(fields[b"id"]):
+                continue  # a copy
+            handle(fields[b"data"])
+    """
+
+    __slots__ = ("_ids", "capacity", "dropped")
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity must be a positive int, got {capacity!r}")
+        self.capacity = capacity
+        self._ids: OrderedDict[Hashable, None] = OrderedDict()
+        self.dropped = 0
+        """Ids answered ``True`` (copies) so far."""
+
+    def seen(self, msg_id: Hashable) -> bool:
+        """Whether ``msg_id`` was seen already (a copy); records it when not."""
+        ids = self._ids
+        if msg_id in ids:
+            self.dropped += 1
+            return True
+        ids[msg_id] = None
+        if len(ids) > self.capacity:
+            ids.popitem(last=False)
+        return False
+
+    def __contains__(self, msg_id: object) -> bool:
+        return msg_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __repr__(self) -> str:
+        return f"<SeenIds {len(self._ids)}/{self.capacity}, {self.dropped} copies dropped>"
+
+
+async def read_stream(
+    redis: Redis,
+    key: str,
+    *,
+    after: str = "-",
+    count: int = 1000,
+    seen: SeenIds | None = None,
+) -> AsyncIterator[tuple[bytes, bytes, bytes]]:
+    """Yield ``(entry_id, msg_id, payload)`` for the entries of stream ``key`` after entry id
+    ``after`` ("-": from the start), up to the end of the stream as it is when each page is read,
+    skipping copies of ids already in ``seen`` (a fresh :class:`SeenIds` when ``None``).
+
+    Reads with ``XRANGE`` in pages of ``count``; ``redis`` is a ``redis.asyncio.Redis`` without
+    ``decode_responses``. To follow a stream as it grows, call it again with ``after`` set to the
+    last ``entry_id`` it yielded, and the same ``seen``. Entries without an ``id`` or ``data`` field
+    (not written by :class:`RedisStreamSink`) are skipped.
+    """
+    if seen is None:
+        seen = SeenIds()
+    start = after if after == "-" else f"({after}"
+    while True:
+        # Without decode_responses, ids and fields are bytes (redis-py's annotation is wider).
+        page = cast(
+            "list[tuple[bytes, dict[bytes, bytes]]]",
+            await redis.xrange(key, min=start, max="+", count=count),
+        )
+        for entry_id, fields in page:
+            msg_id, data = fields.get(b"id"), fields.get(b"data")
+            if msg_id is None or data is None or seen.seen(msg_id):
+                continue
+            yield entry_id, msg_id, data
+        if len(page) < count:
+            return
+        start = "(" + page[-1][0].decode()
