@@ -601,7 +601,7 @@ async def _consume(spec: dict[str, Any]) -> list[int]:
         last: dict[Any, Any] = {k: "0-0" for k in keys}
         print("READY", flush=True)
         while len(delays) < n:
-            for key, entries in await r.xread(last, count=1000, block=1000):
+            for key, entries in await r.xread(last, count=1000, block=1000) or ():  # None: timed out
                 now = time.time_ns()
                 for entry_id, fields in entries:
                     for value in fields.values():
