@@ -598,7 +598,7 @@ async def _consume(spec: dict[str, Any]) -> list[int]:
     r = aioredis.Redis.from_url(bus_url)
     try:
         await r.delete(*keys)
-        last: dict[Any, Any] = {k: "0-0" for k in keys}
+        last: dict[Any, Any] = {k.encode(): "0-0" for k in keys}  # XREAD answers with bytes keys
         print("READY", flush=True)
         while len(delays) < n:
             for key, entries in await r.xread(last, count=1000, block=1000) or ():  # None: timed out
