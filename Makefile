@@ -37,7 +37,7 @@ test: lint typecheck peers
 
 # Benchmarks against the peers (not part of `make test`): benchmarks/results/latest.md + PNG charts.
 # `make bench QUICK=1` for 100k messages and 3 rounds; N=... messages; BENCH_ARGS="--only throughput"
-# (measures: throughput, latency, deadlink, idle, pool).
+# (measures: throughput, latency, deadlink, idle, pool, bus; `--only bus` writes results/bus.md).
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(BIN)/python pyproject.toml

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks import pool
+from benchmarks import bus, pool
 from benchmarks.models import ADAPTER, MODELS, End, LatencySink, Sink
 from benchmarks.profiling import profiled
 from benchmarks.proxy import BlackholeProxy
@@ -805,6 +805,9 @@ MEASURES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "pool_throughput": pool.pool_throughput,
     "resubscribe": pool.resubscribe,
     "dedup_memory": pool.dedup_memory,
+    "bus_throughput": bus.bus_throughput,
+    "bus_latency": bus.bus_latency,
+    "bus_consumer": bus.bus_consumer,
 }
 
 
@@ -814,7 +817,7 @@ def main() -> None:
     try:
         result = MEASURES[spec["measure"]](spec)
         result["ok"] = True
-    except Unavailable as exc:
+    except (Unavailable, bus.Skipped) as exc:
         result = {"ok": False, "skipped": str(exc)}
     except BaseException as exc:
         traceback.print_exc()
