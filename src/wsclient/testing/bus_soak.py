@@ -672,8 +672,11 @@ class _BusSoak:
 
     async def judge_stream(self, url: str, handed: dict[str, array.array[int]]) -> None:
         """Read the stream back and compare it, per subject, with what the handler handed over."""
+        self.compare(handed, await _read_stream(url, _STREAM.name, "soak.>"))
+
+    def compare(self, handed: dict[str, array.array[int]], stored: dict[str, array.array[int]]) -> None:
+        """Per subject, the stored ids must be the handed ones: once each, in the handed order."""
         report = self.report
-        stored = await _read_stream(url, _STREAM.name, "soak.>")
         report.streams = len(handed)
         report.in_stream = sum(len(ids) for ids in stored.values())
         for subject in sorted(set(handed) | set(stored)):
