@@ -8,10 +8,17 @@ calm periods between them, on a schedule drawn from a seeded RNG:
 
 * venue side: TCP drops (FIN) and resets (RST) at the proxy, black holes (until the client declares
   the link dead, and a little longer), latency spikes, venue restarts;
-* bus side: drops and resets at the bus proxy, black holes (until the sink's ``ack_timeout`` fires,
-  and a little longer; the lost bytes may leave the NATS protocol stream corrupt), latency spikes
-  (some longer than ``ack_timeout`` per round trip), crash-restarts of ``nats-server`` (SIGKILL,
-  the store kept).
+* bus side: drops and resets at the bus proxy, black holes (the sink's ``ack_timeout`` fires, then
+  the NATS pings end the connection, and a little longer), stalls (the server stops reading: the
+  window is resent behind the stalled bytes, nothing is lost), latency spikes (some longer than
+  ``ack_timeout`` per round trip), crash-restarts of ``nats-server`` (SIGKILL, the store kept).
+
+Why a bus black hole lasts until the connection is given up: the proxy discards what it reads while
+black-holed, whole NATS publishes among them, and a link lifted before the pings fail goes on with
+the protocol intact. Publishes lost in the middle of a live connection while later ones are stored
+can only be stored after those later ones when resent: no client can repair that order (the sink
+counts it in ``stats.reordered``). TCP never loses bytes on a live connection, it retransmits, so a
+real outage that short is a stall or a latency spike, which the soak injects as such.
 
 At the end it closes the client, then the sink (a clean close), reads the JetStream stream back
 directly from the server and returns a :class:`BusSoakReport`; :attr:`BusSoakReport.failures`
@@ -571,10 +578,7 @@ class _BusSoak:
                     self.fail(
                         f"no acknowledgement timed out within {self.ack_bound:.2f}s of a bus black hole"
                     )
-                # Dark until the NATS pings end the connection: the proxy discards what it reads
-                # meanwhile, which TCP never does on a live connection (it retransmits). Lifted
-                # earlier, it would lose whole publishes between stored ones, an order no sink can
-                # repair (see the module's note); bus_stall is the short outage, lossless.
+                # Dark until the NATS pings end the connection (see the module's note on why).
                 if not await _wait_until(lambda: not sink.stats.connected, self.dead_bound):
                     self.fail(f"a black-holed bus link was still up {self.dead_bound:.2f}s later")
                 await asyncio.sleep(rng.uniform(0.0, 1.5))  # the fault's duration: reconnects run into it
