@@ -328,6 +328,8 @@ class _BusSoak:
         self.sample_every = max(0.5, duration / 200)
         self.next_sample = 0.0
         self.t0 = 0.0
+        self.handed: _Handed | None = None
+        self.venue: VenueServer | None = None
 
     # ------------------------------------------------------------------ failures and events
 
@@ -403,7 +405,8 @@ class _BusSoak:
             connect_timeout=settings.connect_timeout,
             name="bus-soak",
         )
-        handed = _Handed(self, sink)
+        handed = self.handed = _Handed(self, sink)
+        self.venue = venue
         client = Client(venue_proxy.url("/ws"), config=self.config, dedup_key=lambda m: (m.s, m.t))
         client.on_event(self.on_event)
         client.on(VenueTrade, handed)
@@ -488,13 +491,15 @@ class _BusSoak:
         loop = asyncio.get_running_loop()
         calm = self.rng.uniform(*self.calm)
         end = loop.time() + calm
-        # Old connections take a moment to be torn down at the proxies (FIN grace), and a window
-        # refilled after an outage a moment to drain; sampling before that would count them as growth.
+        # Old connections take a moment to be torn down at the proxies (FIN grace), and a backlog
+        # built up during an outage (the venue's outbox, the proxy's queues, the client's inbound
+        # queue, the sink's window) a moment to drain; sampling before that would count them as growth.
         quiet = await _wait_until(
             lambda: (
                 venue_proxy.connections == 1
                 and bus_proxy.connections == 1
                 and sink.stats.pending < self.settings.max_pending // 4
+                and self.caught_up()
             ),
             timeout=calm,
         )
@@ -503,6 +508,18 @@ class _BusSoak:
         remaining = end - loop.time()
         if remaining > 0:
             await asyncio.sleep(remaining)  # the rest of the calm period
+
+    def caught_up(self) -> bool:
+        """Whether the handler has seen every stream's trades up to half a second ago."""
+        handed, venue = self.handed, self.venue
+        if handed is None or venue is None:
+            return False
+        lag = max(2.0, self.rate / 2)
+        for name in self.stream_names:
+            ids = handed.ids.get(f"soak.trades.{name.split('@')[0]}")
+            if not ids or ids[-1] < venue.sent(name) - lag:
+                return False
+        return True
 
     # ------------------------------------------------------------------ faults
 
