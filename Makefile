@@ -55,5 +55,11 @@ SEED ?= 1
 soak: $(STAMP)
 	$(BIN)/python -m wsclient.testing.soak --duration $(DURATION) --seed $(SEED)
 
+# Bus soak (not part of `make test`, which runs a 25 s one): venue -> client -> NATS JetStream sink ->
+# nats-server, faults on both sides, the stream read back. `make soak-bus DURATION=600 SEED=7`.
+.PHONY: soak-bus
+soak-bus: $(STAMP)
+	$(BIN)/python -m wsclient.testing.bus_soak --duration $(DURATION) --seed $(SEED)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
