@@ -264,6 +264,9 @@ def test_frames_round_trip_text_and_binary_gzip_or_not(tmp_path: Path) -> None:
             writer.connected(1)
             for frame in frames:
                 writer.frame(frame)
+        writer.frame("after the end")  # a frame read while the client closes: not recorded
+        writer.disconnected(1, 1000)
+        assert (writer.frames, writer.connections, writer.disconnects) == (4, 1, 0)
         recording = load(tmp_path / name)
         assert recording.frames == frames and recording.complete
         assert [e.kind for e in recording.entries] == ["connected", "text", "text", "binary", "text", "end"]

@@ -209,10 +209,11 @@ class RecordingWriter:
         """Whether :meth:`close` ran."""
         return self._file is None
 
-    def _line(self, record: dict[str, Any]) -> None:
+    def _line(self, record: dict[str, Any]) -> bool:
         if self._file is None:
-            return  # a frame delivered after close(): the recording is over
+            return False  # a frame delivered after close(): the recording is over
         self._file.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
+        return True
 
     def _stamp(self, kind: Kind) -> dict[str, Any]:
         elapsed = time.monotonic() - self._t0
@@ -226,23 +227,23 @@ class RecordingWriter:
         else:
             record = self._stamp("text")
             record["data"] = data
-        self._line(record)
-        self.frames += 1
+        if self._line(record):
+            self.frames += 1
 
     def connected(self, connection: int) -> None:
         """Record that connection number ``connection`` opened."""
         record = self._stamp("connected")
         record["connection"] = connection
-        self._line(record)
-        self.connections += 1
+        if self._line(record):
+            self.connections += 1
 
     def disconnected(self, connection: int, code: int | None, reason: str = "", detail: str = "") -> None:
         """Record that a connection ended: its close ``code`` (``None``: declared dead), the close
         frame's ``reason`` and a description (``detail``); both texts should be masked already."""
         record = self._stamp("disconnected")
         record.update(connection=connection, code=code, reason=reason, detail=detail)
-        self._line(record)
-        self.disconnects += 1
+        if self._line(record):
+            self.disconnects += 1
 
     def on_event(self, event: ClientEvent) -> None:
         """A ``client.on_event`` callback: records ``Connected`` and ``Disconnected``."""
