@@ -38,6 +38,7 @@ from .events import (
     Reconnecting,
     StateChanged,
 )
+from .policy import Decision, Failure
 from .pool import Pool, PoolStats, ShardInfo, StreamStale
 from .resync import (
     BufferOverflow,
@@ -72,7 +73,9 @@ __all__ = [
     "Connection",
     "ConnectionLostError",
     "ConnectionState",
+    "Decision",
     "Disconnected",
+    "Failure",
     "GapDetected",
     "GaveUp",
     "GaveUpError",

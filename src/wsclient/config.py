@@ -8,6 +8,7 @@ connection.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 import ssl
 from collections.abc import Callable, Hashable
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from .codec import Codec
 from .errors import ConfigError
+from .policy import Decision, Failure
 
 __all__ = [
     "VENUE_PROFILES",
@@ -105,6 +107,21 @@ class Reconnect(BaseModel):
     The count of consecutive failed attempts only resets after a connection stayed open
     ``reset_after`` seconds, so a server that accepts and drops at once sees growing delays, never a
     tight loop.
+
+    ``classify`` is for venues with their own close codes: a function of a
+    :class:`~wsclient.policy.Failure` (close code and reason, HTTP status and headers, the exception)
+    that returns a :class:`~wsclient.policy.Decision` (``Decision.retry()``,
+    ``Decision.retry(after=seconds)``, ``Decision.fatal(reason)``), or ``None`` for the default rules
+    (``fatal_close_codes``, ``fatal_statuses``…). It runs before them, so it may also retry what they
+    call fatal. A classifier that raises is logged and the default rules apply::
+
+        def centrifuge(failure: Failure) -> Decision | None:
+            code = failure.close_code
+            if failure.by_peer and code is not None and (3500 <= code < 4000 or 4500 <= code < 5000):
+                return Decision.fatal(f"the server said not to reconnect ({code})")
+            return None
+
+        Reconnect(classify=centrifuge)
     """
 
     model_config = _FROZEN
@@ -139,6 +156,28 @@ class Reconnect(BaseModel):
     fatal_statuses: frozenset[int] = Field(
         DEFAULT_FATAL_STATUSES, description="Handshake HTTP statuses that stop reconnecting."
     )
+    classify: Callable[[Failure], Decision | None] | None = Field(
+        None,
+        description="A function of a Failure returning a Decision (retry, retry after N seconds, "
+        "fatal) or None for the default rules; asked first on every failure.",
+    )
+
+    @field_validator("classify", mode="before")
+    @classmethod
+    def _check_classify(cls, value: object) -> object:
+        if value is None:
+            return value
+        if not callable(value):
+            raise ValueError(
+                f"reconnect.classify must be a function of a Failure returning a Decision or None, got "
+                f"{type(value).__name__}: pass the function itself, e.g. Reconnect(classify=my_rules)"
+            )
+        if inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(type(value).__call__):
+            raise ValueError(
+                "reconnect.classify must be a plain (sync) function: it decides between two attempts "
+                "and must not wait on I/O; compute what it needs beforehand"
+            )
+        return value
 
     @field_validator("jitter")
     @classmethod

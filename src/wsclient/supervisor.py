@@ -359,10 +359,12 @@ class Supervisor:
     def _judge(self, link: Link, cause: BaseException, backoff: Backoff) -> float | None:
         """Classify ``cause``, move the state, tell the application; the delay, or None to give up."""
         config = self._config
-        verdict = classify(cause, config.reconnect)
+        verdict = classify(cause, config.reconnect, self._log, self._redactor.text)
         reason = self._redactor.text(verdict.reason)
         opened = link.opened_at is not None
-        delay = backoff.next_delay(verdict.retry_after)  # counts the attempt, fatal or not
+        # Counts the attempt, fatal or not; a delay the application's classifier chose replaces the
+        # backoff's, within the same attempt budget.
+        delay = backoff.next_delay(verdict.retry_after, exact=verdict.delay)
         if not verdict.retry:
             delay = None
         will_retry = delay is not None
@@ -376,7 +378,7 @@ class Supervisor:
         else:
             status = cause.status if isinstance(cause, HandshakeRejected) else None
             asked = verdict.retry_after
-            if asked is not None and delay is not None and asked > delay:
+            if asked is not None and delay is not None and asked > delay and verdict.delay is None:
                 outcome += f" (the server asked for {asked:g}s: capped by max_retry_after)"
             self._log.warning(
                 "connect attempt %d to %s failed: %s; %s", backoff.failures, self._safe_url, reason, outcome

@@ -1,7 +1,9 @@
-"""Test helpers for code built on wsclient: fault-injecting network components."""
+"""Test helpers for code built on wsclient: fault-injecting network components, and a server that
+replays a recorded session."""
 
 from wsclient.testing.feed import CHANNELS, DEFAULT_SYMBOLS, Fault, FeedServer, Handshake, ReceivedFrame
 from wsclient.testing.proxy import ChaosProxy
+from wsclient.testing.replay import ReplayServer
 from wsclient.testing.venue import VenueRules, VenueServer
 
 __all__ = [
@@ -12,6 +14,7 @@ __all__ = [
     "FeedServer",
     "Handshake",
     "ReceivedFrame",
+    "ReplayServer",
     "VenueRules",
     "VenueServer",
 ]
