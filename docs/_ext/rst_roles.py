@@ -70,7 +70,8 @@ class RstRoles(griffe.Extension):
         path = self._resolve(obj, target)
         if path is None:
             return code  # outside the package
-        if not self._exists(path):
+        path = self._canonical(path)
+        if path is None:
             where = obj.docstring.lineno if obj.docstring else None
             logger.warning(
                 "%s:%s: %s's docstring refers to %s, which names nothing in %s",
@@ -103,7 +104,7 @@ class RstRoles(griffe.Extension):
             # is the sibling module), then anywhere if only one object ends with it.
             scope: griffe.Object | None = obj
             while scope is not None:
-                if self._exists(f"{scope.path}.{target}"):
+                if self._canonical(f"{scope.path}.{target}") is not None:
                     return f"{scope.path}.{target}"
                 scope = scope.parent
         candidates = self._suffixes.get(target, [])
@@ -114,12 +115,15 @@ class RstRoles(griffe.Extension):
         # Ambiguous or unknown: the package's name in front makes it a broken reference reported.
         return f"{self._pkg.name}.{target}"
 
-    def _exists(self, path: str) -> bool:
+    def _canonical(self, path: str) -> str | None:
+        """Where the object at ``path`` is defined (the page documents it there), or None if no object
+        is at ``path``."""
         try:
-            self._pkg.modules_collection.get_member(path)
+            found = self._pkg.modules_collection.get_member(path)
+            canonical: str = found.canonical_path
         except (KeyError, ValueError, griffe.AliasResolutionError, griffe.CyclicAliasError):
-            return False
-        return True
+            return None
+        return canonical
 
 
 def _root(path: str) -> str:
