@@ -140,6 +140,7 @@ ClientEvent = (
     | Closed
     | MessageDropped
 )
+"""Any event a client gives its ``on_event`` callbacks (and ``client.events()``): match on the type."""
 
 
 @dataclass(frozen=True, slots=True)

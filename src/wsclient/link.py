@@ -7,8 +7,8 @@ only what a connection needs on its own:
 * one task, the reader, pumping the transport into the inbound receiver;
 * timers, no tasks, for the heartbeat and the silence watchdog (an idle asyncio task costs ~2.3 KiB,
   a timer handle a tenth of that). The rules they apply are :class:`~wsclient.heartbeat.Liveness`'s;
-* :attr:`done`, a future that receives the cause of death once: the reader's end, a dead-link
-  verdict, a failed write reported by the outbound part, or :meth:`fail` from anyone else.
+* :attr:`Link.done`, a future that receives the cause of death once: the reader's end, a dead-link
+  verdict, a failed write reported by the outbound part, or :meth:`Link.fail` from anyone else.
 
 Pings are written at once, never behind a full send buffer (``Transport.ping_nowait``), and a pong
 that has arrived is a pong even if its timer fired first: before a verdict, the loop gets a turn to

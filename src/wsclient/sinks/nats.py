@@ -125,7 +125,8 @@ class NatsJetStreamSink:
         stream: A stream to create (or update) on connect; ``None`` expects it to exist.
         max_pending: The window: publishes unacknowledged at a time before handlers wait.
         ack_timeout: Seconds an acknowledgement may take before the window is sent again.
-        reconnect_initial, reconnect_max: Backoff bounds (seconds) between connection attempts.
+        reconnect_initial: The first backoff delay (seconds) between connection attempts.
+        reconnect_max: The longest backoff delay (seconds) between connection attempts.
         connect_timeout: Seconds one connection attempt may take.
         ping_interval: Seconds between NATS pings, which notice a silent server (two missed end
             the connection).
