@@ -2,6 +2,7 @@
 
 from wsclient.testing.feed import CHANNELS, DEFAULT_SYMBOLS, Fault, FeedServer, Handshake, ReceivedFrame
 from wsclient.testing.proxy import ChaosProxy
+from wsclient.testing.threaded import ServerThread
 from wsclient.testing.venue import VenueRules, VenueServer
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "FeedServer",
     "Handshake",
     "ReceivedFrame",
+    "ServerThread",
     "VenueRules",
     "VenueServer",
 ]
