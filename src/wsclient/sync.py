@@ -197,6 +197,8 @@ class _Handoff:
             if not busy:
                 _release(idle)
             await idle
+        if self.dropped:
+            logger.info("%s: %d queued message(s) dropped at close", self._name, self.dropped)
 
     def join(self) -> None:
         """Join the worker thread (it has signalled its end already)."""
@@ -662,6 +664,8 @@ class BlockingStream(Generic[T]):
         runtime = self._client._runtime
         if runtime.on_loop_thread():
             raise _on_loop_error("iterating messages()/events()")
+        if not runtime.started:
+            raise ClientClosedError("iterating messages()/events() of a client that was not started")
         stream = self._stream
         future = runtime.submit(_take(stream, self.timeout))
         if future is not None:
@@ -1134,14 +1138,12 @@ class Client:
             runtime.start(connect=False)
         else:
             runtime.request_close(code, reason)
+        # Closed on request: nothing is left for the finalizer (which would keep the runtime alive).
+        self._finalizer.detach()
         if runtime.on_own_thread():
             return
-        try:
-            runtime.join()
-        except KeyboardInterrupt:
-            # A second Ctrl-C while closing: give up waiting (the threads are daemons).
-            raise
-        self._finalizer.detach()
+        # A Ctrl-C here (a second one, say) stops the wait, not the close: the threads are daemons.
+        runtime.join()
 
     # ------------------------------------------------------------------ sending
 
