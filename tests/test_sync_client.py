@@ -25,6 +25,7 @@ import pytest
 
 from wsclient import (
     ClientClosedError,
+    Closed,
     ConfigError,
     Connected,
     ConnectionState,
@@ -325,7 +326,9 @@ def test_close_from_another_thread_ends_run_forever(feed: Feed, backend: str) ->
     before = set(threading.enumerate())
     client = Client(feed.server.url)
     opened = threading.Event()
+    events = Seen()
     client.on_event(lambda event: isinstance(event, Connected) and opened.set())
+    client.on_event(events.add)
     closer = threading.Thread(target=lambda: opened.wait(10) and client.close(1000, "bye"))
     closer.start()
     client.run_forever()  # returns once the other thread's close() is done
@@ -333,6 +336,8 @@ def test_close_from_another_thread_ends_run_forever(feed: Feed, backend: str) ->
     assert client.state is ConnectionState.CLOSED
     assert set(threading.enumerate()) == before
     assert wait_closes(feed, 1) == [1000]
+    # Events queued for the worker at close are delivered, the final Closed included.
+    assert isinstance(events.items[-1], Closed) and events.items[-1].reason == "bye"
     client.close()  # idempotent
 
 
