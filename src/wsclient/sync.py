@@ -92,6 +92,8 @@ _ERROR: Final = 2  # an on_error callback: its own failure is logged, never repo
 # An executor's drain job runs at most this many handlers, then queues itself again, so that a busy
 # feed takes turns with the application's other work on a shared executor.
 _EXECUTOR_BATCH: Final = 256
+# The worker takes up to this many items per turn of the lock.
+_WORKER_BATCH: Final = 64
 
 # What a blocking iteration takes from a stream's buffer in one hop to the loop thread.
 _TAKE_BATCH: Final = 256
@@ -141,6 +143,7 @@ class _Handoff:
         self._idle: asyncio.Future[None] | None = None
         self._thread: threading.Thread | None = None
         self._scheduled = False  # executor: a drain job is queued or running
+        self._waiting = False  # worker: waiting for an item (only then is it notified)
         self._stopping = False
         self.runtime: _Runtime | None = None
         self.closing = False
@@ -167,7 +170,8 @@ class _Handoff:
             items = self._items
             items.append((fn, args, kind))
             if self._executor is None:
-                self._ready.notify()
+                if self._waiting:
+                    self._ready.notify()
                 submit = False
             else:
                 submit = not self._scheduled
@@ -207,17 +211,17 @@ class _Handoff:
 
     # -- the handler side -----------------------------------------------------------------------------
 
-    def _next(self) -> tuple[Callable[..., Any], tuple[Any, ...], int] | None:
-        """The next item, with the lock held; wakes the loop side when there is room again."""
+    def _take(self, limit: int) -> list[tuple[Callable[..., Any], tuple[Any, ...], int]]:
+        """Up to ``limit`` items, with the lock held; wakes the loop side when there is room again.
+        Taken in batches: a lock round and a wait per message would cost more than most handlers."""
         items = self._items
-        if not items:
-            return None
-        item = items.popleft()
+        count = min(len(items), limit)
+        batch = [items.popleft() for _ in range(count)]
         room = self._room
         if room is not None and len(items) < self._maxsize:
             self._room = None
             self._call_soon(_release, room)
-        return item
+        return batch
 
     def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         loop = self._loop
@@ -254,15 +258,19 @@ class _Handoff:
         """The worker thread: run queued handlers in order until the client has closed."""
         _current.runtime = self.runtime
         ready = self._ready
+        run = self._run
         try:
             while True:
                 with ready:
                     while not self._items and not self._stopping:
+                        self._waiting = True
                         ready.wait()
-                    item = self._next()
-                if item is None:
+                        self._waiting = False
+                    batch = self._take(_WORKER_BATCH)
+                if not batch:
                     break
-                self._run(item)
+                for item in batch:
+                    run(item)
         finally:
             _current.runtime = None
             if self._idle is not None:
@@ -292,18 +300,19 @@ class _Handoff:
         """An executor job: run queued handlers in order, one at a time, then end (or queue itself
         again after a batch)."""
         _current.runtime = self.runtime
-        stopping = False
+        run = self._run
         try:
-            for _ in range(_EXECUTOR_BATCH):
-                with self._lock:
-                    item = self._next()
-                    if item is None:
-                        self._scheduled = False
-                        stopping = self._stopping
-                        break
-                self._run(item)
-            else:
-                self._submit()  # still scheduled: the executor's other work gets a turn first
+            with self._lock:
+                batch = self._take(_EXECUTOR_BATCH)
+                if not batch:
+                    self._scheduled = False
+                    stopping = self._stopping
+            if batch:
+                for item in batch:
+                    run(item)
+                # Still scheduled: whatever came meanwhile runs in a new job, after the executor's
+                # other work has had a turn.
+                self._submit()
                 return
         finally:
             _current.runtime = None
@@ -843,8 +852,9 @@ class Client:
         handlers: ``"worker"`` (default: a worker thread of the client's, in order), ``"loop"``
             (inline on the loop thread: fastest, but a blocking handler blocks the feed) or an
             application's :class:`concurrent.futures.Executor` (one at a time, in order).
-        handler_queue: Bound of the queue feeding the worker or executor; when full, the client's
-            inbound back-pressure applies (``ClientConfig.inbound_overflow``).
+        handler_queue: Bound of the queue feeding the worker or executor (which takes its items
+            in batches of up to 64, or 256 for an executor); when full, the client's inbound
+            back-pressure applies (``ClientConfig.inbound_overflow``).
 
     Raises:
         ConfigError: A bad argument, naming it and the fix (nothing is started then).
