@@ -52,6 +52,8 @@ THROUGHPUT = [
     "wsclient-raw-sync",
     "wsclient-raw-async",
     "wsclient-picows-typed-sync",
+    "wsclient-sync-loop",
+    "wsclient-sync-worker",
     "aiohttp",
     "picows",
     "websocket-client",

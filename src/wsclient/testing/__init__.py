@@ -4,6 +4,7 @@ replays a recorded session."""
 from wsclient.testing.feed import CHANNELS, DEFAULT_SYMBOLS, Fault, FeedServer, Handshake, ReceivedFrame
 from wsclient.testing.proxy import ChaosProxy
 from wsclient.testing.replay import ReplayServer
+from wsclient.testing.threaded import ServerThread
 from wsclient.testing.venue import VenueRules, VenueServer
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "Handshake",
     "ReceivedFrame",
     "ReplayServer",
+    "ServerThread",
     "VenueRules",
     "VenueServer",
 ]
