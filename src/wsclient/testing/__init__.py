@@ -1,5 +1,6 @@
 """Test helpers for code built on wsclient: fault-injecting network components."""
 
+from wsclient.testing.connect_proxy import ConnectRequest, HttpConnectProxy
 from wsclient.testing.feed import CHANNELS, DEFAULT_SYMBOLS, Fault, FeedServer, Handshake, ReceivedFrame
 from wsclient.testing.proxy import ChaosProxy
 from wsclient.testing.venue import VenueRules, VenueServer
@@ -8,9 +9,11 @@ __all__ = [
     "CHANNELS",
     "DEFAULT_SYMBOLS",
     "ChaosProxy",
+    "ConnectRequest",
     "Fault",
     "FeedServer",
     "Handshake",
+    "HttpConnectProxy",
     "ReceivedFrame",
     "VenueRules",
     "VenueServer",
