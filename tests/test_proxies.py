@@ -38,7 +38,13 @@ from wsclient import (
     Reconnect,
 )
 from wsclient.testing import FeedServer, HttpConnectProxy
-from wsclient.transport.proxy import ProxyURL, bypass_proxy, proxy_from_environment, resolve_proxy
+from wsclient.transport.proxy import (
+    ProxyURL,
+    bypass_proxy,
+    open_tunnel,
+    proxy_from_environment,
+    resolve_proxy,
+)
 
 from .conftest import Collector, Recorder
 from .peers import free_port, require_binary, stop_process, wait_for_port
@@ -556,6 +562,30 @@ async def test_a_proxy_that_never_answers_is_bounded_by_open_timeout(feed: FeedS
         assert not feed.handshakes
         (failure,) = recorder.of(ConnectFailed)
         assert failure.reason.startswith("timed out")  # type: ignore[attr-defined]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("scheme", "sent"),
+    [
+        # SOCKS4a: the name goes to the proxy (after the user id and its NUL), the address is 0.0.0.1.
+        ("socks4a", b"\x04\x01" + (8765).to_bytes(2, "big") + bytes([0, 0, 0, 1]) + b"bob\x00localhost\x00"),
+        # SOCKS4: the name is resolved here, the proxy gets the address.
+        ("socks4", b"\x04\x01" + (8765).to_bytes(2, "big") + bytes([127, 0, 0, 1]) + b"bob\x00"),
+    ],
+)
+async def test_socks4a_lets_the_proxy_resolve_the_name(scheme: str, sent: bytes) -> None:
+    # Dante has no SOCKS4a: what the client sends is checked on a server that only listens.
+    server, ended = await silent_server()
+    try:
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await open_tunnel(f"{scheme}://bob@127.0.0.1:{port}", "ws://localhost:8765/ws")
+        (first,) = ended
+        assert await asyncio.wait_for(first, 3) == sent
     finally:
         server.close()
         await server.wait_closed()
