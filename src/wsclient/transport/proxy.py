@@ -33,6 +33,9 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
+# websockets' helper: the same Basic header both backends send for a URL's own user info.
+from websockets.headers import build_authorization_basic
+
 from ..errors import ConfigError, ProxyError
 from ..redact import redact_url
 
@@ -314,9 +317,6 @@ async def _http_connect(
 ) -> None:
     """``CONNECT host:port``, and the proxy's answer read up to its blank line, not a byte further:
     what follows belongs to the tunnel."""
-    # websockets' helper, the same Basic header both backends send for a URL's own user info.
-    from websockets.headers import build_authorization_basic
-
     loop = asyncio.get_running_loop()
     authority = _authority(host, port)
     lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}", f"User-Agent: {user_agent or 'wsclient'}"]
