@@ -11,7 +11,7 @@ import importlib.util
 import inspect
 import math
 import ssl
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Generator, Hashable
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from .codec import Codec
 from .errors import ConfigError
 from .policy import Decision, Failure
+from .redact import redact_url
+from .transport.proxy import check_proxy_setting
 
 __all__ = [
     "VENUE_PROFILES",
@@ -375,7 +377,10 @@ class PingReply(BaseModel):
 class ClientConfig(BaseModel):
     """Everything about a :class:`~wsclient.Client` but its URL and headers."""
 
-    model_config = _FROZEN
+    # A rejected value is not quoted back: the proxy URL may hold a password.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", arbitrary_types_allowed=True, hide_input_in_errors=True
+    )
 
     heartbeat: Heartbeat = Field(default_factory=Heartbeat)
     reconnect: Reconnect = Field(default_factory=Reconnect)
@@ -401,6 +406,13 @@ class ClientConfig(BaseModel):
     user_agent: str | None = Field(None, description="User-Agent header; None: the library's.")
     ssl_context: ssl.SSLContext | None = Field(
         None, description="TLS settings for wss://; default: system trust store, verification on."
+    )
+    proxy: str | Literal[False] | None = Field(
+        None,
+        description="Proxy of every connection: a URL, http:// (CONNECT), socks5://, socks5h:// (the "
+        "proxy resolves names), socks4://, socks4a://, with user:password@ if it wants them; None: from "
+        "the environment (HTTPS_PROXY for wss://, HTTP_PROXY for ws://, ALL_PROXY, NO_PROXY), as curl "
+        "reads it; False: never.",
     )
     inbound_queue: int = Field(
         10_000, ge=1, description="Frames buffered between the reader and the handlers."
@@ -438,6 +450,16 @@ class ClientConfig(BaseModel):
         "websockets",
         description='Transport backend: "websockets", or "picows" (faster; pip install \'wsclient[fast]\').',
     )
+
+    @field_validator("proxy", mode="before")
+    @classmethod
+    def _check_proxy(cls, value: object) -> object:
+        return check_proxy_setting(value)
+
+    def __repr_args__(self) -> Generator[tuple[str | None, Any], None, None]:
+        # The proxy's password stays out of reprs and str(), like every other credential.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "proxy" and isinstance(value, str) else value
 
     @field_validator("transport")
     @classmethod

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic_core import from_json
 
@@ -82,6 +82,7 @@ class Link:
         "opened_at",
         "ping_replies",
         "pong_watch",
+        "proxy",
         "redactor",
         "transport",
         "url",
@@ -107,6 +108,8 @@ class Link:
         self.transport: Transport | None = None
         self.url = ""
         """The URL connected to (after redirects), credentials masked."""
+        self.proxy: str | None = None
+        """The proxy the connection goes through, its password masked; None: direct."""
         self.redactor: Redactor | None = None
         self.liveness: Liveness | None = None
         self.opened_at: float | None = None
@@ -180,16 +183,19 @@ class Link:
         max_redirects: int,
         redactor: Redactor,
         log: Log,
+        proxy: str | Literal[False] | None = False,
     ) -> None:
-        """The handshake (redirects followed, within ``open_timeout``); raises what failed it."""
+        """The handshake (through ``proxy``, redirects followed, within ``open_timeout``); raises what
+        failed it."""
         opened = await open_connection(
-            connector, options, max_redirects=max_redirects, redactor=redactor, log=log
+            connector, options, max_redirects=max_redirects, redactor=redactor, log=log, proxy=proxy
         )
         if self.budgets is not None:  # only a venue's limits need it (the age rotation)
             self.connected_at = self._loop.time()
         self.transport = opened.transport
         self.redactor = opened.redactor
         self.url = opened.redactor.text(redact_url(opened.url))
+        self.proxy = opened.proxy
         self.advance(LinkEvent.OPENED)
 
     def start(self, sink: Sink) -> None:

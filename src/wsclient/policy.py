@@ -27,6 +27,7 @@ from .errors import (
     HandshakeFailed,
     HandshakeRejected,
     LinkDead,
+    ProxyError,
     TransportClosed,
     UnsafeRedirect,
 )
@@ -153,7 +154,8 @@ def classify(
     ``policy.classify``, when set, decides first (see :class:`Decision`); when it returns ``None`` or
     raises (logged on ``log``, the failure's text through ``redact``), the default rules below apply.
 
-    Fatal: configuration errors, TLS verification failures, redirects to plain text, handshake
+    Fatal: configuration errors, TLS verification failures, redirects to plain text, a proxy refusing
+    the credentials (HTTP 407 or 401, SOCKS authentication), handshake
     statuses in ``policy.fatal_statuses`` (401/403/404 by default) and close codes in
     ``policy.fatal_close_codes`` (1002/1003/1007/1008/1010 by default) when the server sent them.
     Everything else is retried: refused or reset connections, timeouts, dead links, other close codes
@@ -178,6 +180,10 @@ def classify(
             retry_after=cause.retry_after,
             status=cause.status,
         )
+    if isinstance(cause, ProxyError):
+        # The proxy's statuses are not the server's: its 403 or 502 is often a passing state (a
+        # rule reloading, an upstream down), retried; only refused credentials are fatal.
+        return Verdict(retry=not cause.fatal, reason=reason, retry_after=cause.retry_after)
     if isinstance(cause, ssl.SSLCertVerificationError | ConfigError | UnsafeRedirect):
         return Verdict(retry=False, reason=reason)
     if isinstance(cause, LinkDead | HandshakeFailed | OSError | TimeoutError | EOFError):

@@ -307,6 +307,7 @@ class Supervisor:
             max_redirects=self._config.max_redirects,
             redactor=self._redactor,
             log=self._log,
+            proxy=self._config.proxy,
         )
 
     async def _open_link(self, link: Link) -> BaseException | None:
@@ -431,9 +432,12 @@ class Supervisor:
             due = born + age - limits.rotation_overlap - now
             self._arm_age(link, max(0.0, due))
         self._session.counters.connects += 1
-        self._log.info("connection %d open to %s", link.id, link.url)
+        if link.proxy is not None:
+            self._log.info("connection %d open to %s through proxy %s", link.id, link.url, link.proxy)
+        else:
+            self._log.info("connection %d open to %s", link.id, link.url)
         subprotocol = link.transport.subprotocol if link.transport is not None else None
-        self._callbacks.emit(Connected(link.id, link.url, subprotocol, reconnect))
+        self._callbacks.emit(Connected(link.id, link.url, subprotocol, reconnect, link.proxy))
 
     async def _close_link(self, link: Link) -> None:
         """The polite close the application asked for, bounded by ``close_timeout``."""

@@ -1,6 +1,7 @@
 """Test helpers for code built on wsclient: fault-injecting network components, and a server that
 replays a recorded session."""
 
+from wsclient.testing.connect_proxy import ConnectRequest, HttpConnectProxy
 from wsclient.testing.feed import CHANNELS, DEFAULT_SYMBOLS, Fault, FeedServer, Handshake, ReceivedFrame
 from wsclient.testing.proxy import ChaosProxy
 from wsclient.testing.replay import ReplayServer
@@ -11,9 +12,11 @@ __all__ = [
     "CHANNELS",
     "DEFAULT_SYMBOLS",
     "ChaosProxy",
+    "ConnectRequest",
     "Fault",
     "FeedServer",
     "Handshake",
+    "HttpConnectProxy",
     "ReceivedFrame",
     "ReplayServer",
     "ServerThread",
