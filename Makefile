@@ -32,8 +32,11 @@ typecheck: $(STAMP)
 peers:
 	bash tests/peers/install.sh
 
+# Most tests wait on sockets, not the CPU: they run on four workers; the timing-bound and CPU-heavy
+# ones (marked serial: the soaks, 100k messages into JetStream) run alone afterwards.
 test: lint typecheck peers docs-check
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 4 -m "not serial"
+	$(BIN)/python -m pytest -m serial
 
 # The documentation site (mkdocs, material, mkdocstrings): `make docs` builds it into site/ (open
 # site/index.html); `make docs-check`, part of `make test`, builds it with --strict, so a broken

@@ -130,6 +130,7 @@ def test_rendezvous_moves_only_the_streams_of_the_member_that_left() -> None:
     assert share(streams, three, "z") == set()
 
 
+@pytest.mark.serial
 async def test_100k_sequenced_trades_through_a_pool_into_jetstream_exactly_once_in_order(
     nats_server: NatsServer,
 ) -> None:

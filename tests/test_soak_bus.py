@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(find_nats_server() is None, reason="no nats-serv
 SEED = 3
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(150)
 async def test_short_bus_soak(caplog: pytest.LogCaptureFixture) -> None:
     """~25 s of faults on both sides of the client; every trade handed over is stored once, in order."""
