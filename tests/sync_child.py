@@ -64,4 +64,7 @@ def main(url: str, backend: str, mode: str) -> None:
 
 
 if __name__ == "__main__":
+    # A parent that ignores SIGINT (pytest-xdist's workers do) hands SIG_IGN down, and Python then
+    # installs no KeyboardInterrupt handler; a script started from a terminal has it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     main(*sys.argv[1:4])
