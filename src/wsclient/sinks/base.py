@@ -17,18 +17,23 @@ itself never drops them). That is counted in :attr:`SinkStats.reordered`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
 from ..codec import Data
+from ..logs import LogLimiter
 
-__all__ = ["Payload", "SinkClosedError", "SinkStats"]
+__all__ = ["Payload", "SinkClosedError", "SinkStats", "WindowSink"]
+
+_log = logging.getLogger("wsclient.sinks")
 
 R = TypeVar("R")
 
@@ -283,3 +288,150 @@ class Window:
         if self._empty is not None:
             self._empty.set()
         return count
+
+
+C = TypeVar("C")
+
+
+class WindowSink(Generic[C]):
+    """What a sink does around its :class:`Window`, whatever the bus: take messages, start its I/O
+    task, connect with backoff (and say so when the bus cannot be reached), flush and close,
+    count. A subclass names the bus (``_bus``), builds the entries (``__call__`` ends with
+    :meth:`_accept`) and does the I/O: ``_run`` (the task), ``_open`` (one connection attempt,
+    returning the connection of type ``C``), ``_drop_connection`` and ``_where`` (its address,
+    masked)."""
+
+    _bus = "the bus"
+
+    def __init__(self, max_pending: int, reconnect_initial: float, reconnect_max: float) -> None:
+        self._window = Window(max_pending)
+        self._reconnect = (reconnect_initial, reconnect_max)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._closed = False
+        self._connects = 0
+        self._abandoned = 0
+        self._limiter = LogLimiter()
+
+    # -- for the subclass --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    async def _open(self) -> C:
+        raise NotImplementedError
+
+    async def _drop_connection(self) -> None:
+        raise NotImplementedError
+
+    def _where(self) -> str:
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise SinkClosedError("the sink is closed: this message was not published")
+
+    def _accept(self, entry: Entry) -> Awaitable[None] | None:
+        """Queue ``entry``, start the I/O task if it is the first; the awaitable of a full window."""
+        room = self._window.add(entry)
+        if self._task is None:
+            self._start()
+        self._wake.set()
+        return room
+
+    async def _connect(self) -> C:
+        initial, maximum = self._reconnect
+        return await connect_with_backoff(self._open, initial, maximum, self._retrying)
+
+    def _retrying(self, exc: BaseException, delay: float) -> None:
+        self._note(
+            "connect",
+            f"cannot connect to {self._bus} at %s (%s): retrying in %.2f s",
+            self._where(),
+            exc,
+            delay,
+        )
+
+    def _note(self, kind: str, text: str, *args: object) -> None:
+        suppressed = self._limiter.allow(kind)
+        if suppressed is not None:
+            _log.warning(text + LogLimiter.suffix(suppressed), *args)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        name = f"wsclient-{type(self).__name__}"
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
+
+    async def start(self, timeout: float | None = None) -> None:
+        """Connect now, waiting up to ``timeout`` seconds for it; without it, the first message
+        connects."""
+        if self._closing:
+            raise SinkClosedError("the sink is closed")
+        if self._task is None:
+            self._start()
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every message given so far is acknowledged; False on ``timeout``."""
+        try:
+            await asyncio.wait_for(self._window.wait_empty(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop taking messages, wait up to ``timeout`` seconds for the acknowledgements of those
+        taken, then close the connection. What is still unacknowledged then is logged and counted
+        in ``stats.abandoned``. Idempotent."""
+        if self._closed:
+            return
+        self._closing = True
+        if self._task is not None and not await self.flush(timeout):
+            self._abandoned += self._window.abandon(SinkClosedError("the sink closed before publishing"))
+            _log.error(
+                "%s sink closed with %d message(s) unacknowledged after %.1f s: maybe lost",
+                self._bus,
+                self._abandoned,
+                timeout,
+            )
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._drop_connection()
+
+    @property
+    def stats(self) -> SinkStats:
+        """Counters, now."""
+        w = self._window
+        return SinkStats(
+            received=w.received,
+            stored=w.stored,
+            duplicates=w.duplicates,
+            pending=len(w),
+            retries=w.retries,
+            timeouts=w.timeouts,
+            errors=w.errors,
+            waits=w.waits,
+            reconnects=max(self._connects - 1, 0),
+            reordered=w.reordered,
+            abandoned=self._abandoned,
+            connected=self._connected.is_set(),
+        )
+
+    def __repr__(self) -> str:
+        state = "connected" if self._connected.is_set() else "closed" if self._closed else "not connected"
+        return f"<{type(self).__name__} {self._where()} {state}, {len(self._window)} pending>"

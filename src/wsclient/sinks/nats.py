@@ -37,15 +37,13 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..codec import Data
-from ..logs import LogLimiter
 from ..redact import redact_url
-from .base import Entry, Payload, SinkClosedError, SinkStats, Window, connect_with_backoff, payload_of
+from .base import Entry, Payload, WindowSink, payload_of
 
 try:
     import nats
@@ -96,7 +94,7 @@ class JetStreamSpec(BaseModel):
         return value
 
 
-class NatsJetStreamSink:
+class NatsJetStreamSink(WindowSink["NatsClient"]):
     """A handler that publishes each message into JetStream, exactly once (see the module).
 
     ::
@@ -132,6 +130,8 @@ class NatsJetStreamSink:
             the connection).
         name: The connection's name, as the NATS server shows it.
     """
+
+    _bus = "NATS"
 
     def __init__(
         self,
@@ -177,29 +177,19 @@ class NatsJetStreamSink:
         """Read by ``client.on``: the handler is called with the raw frame too."""
         self.stream = stream
         self.ack_timeout = ack_timeout
-        self._reconnect = (reconnect_initial, reconnect_max)
+        super().__init__(max_pending, reconnect_initial, reconnect_max)
         self._connect_timeout = connect_timeout
         self._ping_interval = ping_interval
         self.name = name
-        self._window = Window(max_pending)
         self._nc: NatsClient | None = None
         self._inbox = ""
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
-        self._closing = False
-        self._closed = False
-        self._connects = 0
-        self._abandoned = 0
         self._rewinding = False
-        self._limiter = LogLimiter()
 
     # -- the handler ------------------------------------------------------------------------------
 
     def __call__(self, msg: Any, frame: Data | None = None) -> Awaitable[None] | None:
         """Publish ``msg``; returns an awaitable only when the window is full (back-pressure)."""
-        if self._closing:
-            raise SinkClosedError("the sink is closed: this message was not published")
+        self._check_open()
         subject, msg_id = self._subject(msg), self._msg_id(msg)
         # Checked here, where a bad one is this message's handler error: written later, nats-py
         # would refuse it in the I/O loop, which can only take it for a broken connection.
@@ -207,87 +197,7 @@ class NatsJetStreamSink:
             raise ValueError(f"not a NATS subject to publish to: {subject!r:.80}")
         if msg_id.__class__ is not str or not _MSG_ID_OK(msg_id):
             raise ValueError(f"not a message id for the Nats-Msg-Id header: {msg_id!r:.80}")
-        entry = Entry(subject, msg_id, self._payload(msg, frame))
-        room = self._window.add(entry)
-        if self._task is None:
-            self._start()
-        self._wake.set()
-        return room
-
-    # -- lifecycle --------------------------------------------------------------------------------
-
-    def _start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="wsclient-nats-sink")
-
-    async def start(self, timeout: float | None = None) -> None:
-        """Connect now (and create the stream), waiting up to ``timeout`` seconds for it; without
-        it, the first message connects."""
-        if self._closing:
-            raise SinkClosedError("the sink is closed")
-        if self._task is None:
-            self._start()
-        await asyncio.wait_for(self._connected.wait(), timeout)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every message given so far is acknowledged; False on ``timeout``."""
-        try:
-            await asyncio.wait_for(self._window.wait_empty(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-    async def close(self, timeout: float = 10.0) -> None:
-        """Stop taking messages, wait up to ``timeout`` seconds for the acknowledgements of those
-        taken, then close the connection. What is still unacknowledged then is logged and counted
-        in ``stats.abandoned``. Idempotent."""
-        if self._closed:
-            return
-        self._closing = True
-        if self._task is not None and not await self.flush(timeout):
-            self._abandoned += self._window.abandon(SinkClosedError("the sink closed before publishing"))
-            _log.error(
-                "NATS sink closed with %d message(s) unacknowledged after %.1f s: maybe lost",
-                self._abandoned,
-                timeout,
-            )
-        self._closed = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        await self._drop_connection()
-
-    @property
-    def stats(self) -> SinkStats:
-        """Counters, now."""
-        w = self._window
-        return SinkStats(
-            received=w.received,
-            stored=w.stored,
-            duplicates=w.duplicates,
-            pending=len(w),
-            retries=w.retries,
-            timeouts=w.timeouts,
-            errors=w.errors,
-            waits=w.waits,
-            reconnects=max(self._connects - 1, 0),
-            reordered=w.reordered,
-            abandoned=self._abandoned,
-            connected=self._connected.is_set(),
-        )
-
-    def __repr__(self) -> str:
-        state = "connected" if self._connected.is_set() else "closed" if self._closed else "not connected"
-        return f"<NatsJetStreamSink {self._where()} {state}, {len(self._window)} pending>"
+        return self._accept(Entry(subject, msg_id, self._payload(msg, frame)))
 
     def _where(self) -> str:
         return ", ".join(redact_url(server) for server in self.servers)
@@ -335,15 +245,6 @@ class NatsJetStreamSink:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), delay)
-
-    async def _connect(self) -> NatsClient:
-        initial, maximum = self._reconnect
-        return await connect_with_backoff(self._open, initial, maximum, self._retrying)
-
-    def _retrying(self, exc: BaseException, delay: float) -> None:
-        self._note(
-            "connect", "cannot connect to NATS at %s (%s): retrying in %.2f s", self._where(), exc, delay
-        )
 
     async def _open(self) -> NatsClient:
         nc = await nats.connect(
@@ -413,11 +314,6 @@ class NatsJetStreamSink:
     async def _on_disconnect(self) -> None:
         self._connected.clear()
         self._wake.set()
-
-    def _note(self, kind: str, text: str, *args: object) -> None:
-        suppressed = self._limiter.allow(kind)
-        if suppressed is not None:
-            _log.warning(text + LogLimiter.suffix(suppressed), *args)
 
 
 _now = time.monotonic

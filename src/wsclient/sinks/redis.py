@@ -56,14 +56,12 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
-from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from ..codec import Data
-from ..logs import LogLimiter
 from ..redact import redact_url
-from .base import Entry, Payload, SinkClosedError, SinkStats, Window, connect_with_backoff, payload_of
+from .base import Entry, Payload, WindowSink, payload_of
 
 try:
     from redis.asyncio import Redis
@@ -82,7 +80,7 @@ _SCHEMES = ("redis", "rediss", "unix")
 _PING = b"*1\r\n$4\r\nPING\r\n"
 
 
-class RedisStreamSink:
+class RedisStreamSink(WindowSink[AbstractConnection]):
     """A handler that appends each message to a Redis stream, at least once (see the module).
 
     ::
@@ -121,6 +119,8 @@ class RedisStreamSink:
             is noticed (``stats.connected``) before the next message.
         name: The connection's name (``CLIENT SETNAME``), as ``CLIENT LIST`` shows it.
     """
+
+    _bus = "Redis"
 
     def __init__(
         self,
@@ -165,6 +165,7 @@ class RedisStreamSink:
             raise ValueError(
                 f"reconnect_max ({reconnect_max}) must be at least reconnect_initial ({reconnect_initial})"
             )
+        super().__init__(max_pending, reconnect_initial, reconnect_max)
         self.url = url
         self._stream = stream
         self._msg_id = msg_id
@@ -183,7 +184,6 @@ class RedisStreamSink:
         self.maxlen = maxlen
         self.batch = batch
         self.ack_timeout = ack_timeout
-        self._reconnect = (reconnect_initial, reconnect_max)
         self._connect_timeout = connect_timeout
         self._ping_interval = ping_interval
         if name is not None and (not name or any(c.isspace() for c in name)):
@@ -191,108 +191,22 @@ class RedisStreamSink:
                 f"name must be a non-empty client name without spaces (CLIENT SETNAME), got {name!r}"
             )
         self.name = name
-        self._window = Window(max_pending)
         self._redis: Redis | None = None
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
-        self._closing = False
-        self._closed = False
-        self._connects = 0
-        self._abandoned = 0
-        self._limiter = LogLimiter()
 
     # -- the handler ------------------------------------------------------------------------------
 
     def __call__(self, msg: Any, frame: Data | None = None) -> Awaitable[None] | None:
         """Append ``msg``; returns an awaitable only when the window is full (back-pressure)."""
-        if self._closing:
-            raise SinkClosedError("the sink is closed: this message was not published")
+        self._check_open()
         key, msg_id, payload = self._stream(msg), self._msg_id(msg), self._payload(msg, frame)
         # Checked here, where the error reaches the client's error hook with the message, rather
         # than when the pipeline is packed, where it would look like a broken connection.
         if not (isinstance(key, str) and isinstance(msg_id, str) and isinstance(payload, bytes)):
             raise TypeError(_wrong_types(key, msg_id, payload))
-        room = self._window.add(Entry(key, msg_id, payload))
-        if self._task is None:
-            self._start()
-        self._wake.set()
-        return room
+        return self._accept(Entry(key, msg_id, payload))
 
-    # -- lifecycle --------------------------------------------------------------------------------
-
-    def _start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="wsclient-redis-sink")
-
-    async def start(self, timeout: float | None = None) -> None:
-        """Connect now, waiting up to ``timeout`` seconds for it; without it, the first message
-        connects."""
-        if self._closing:
-            raise SinkClosedError("the sink is closed")
-        if self._task is None:
-            self._start()
-        await asyncio.wait_for(self._connected.wait(), timeout)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every message given so far is acknowledged; False on ``timeout``."""
-        try:
-            await asyncio.wait_for(self._window.wait_empty(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-    async def close(self, timeout: float = 10.0) -> None:
-        """Stop taking messages, wait up to ``timeout`` seconds for the acknowledgements of those
-        taken, then close the connection. What is still unacknowledged then is logged and counted
-        in ``stats.abandoned``. Idempotent."""
-        if self._closed:
-            return
-        self._closing = True
-        if self._task is not None and not await self.flush(timeout):
-            self._abandoned += self._window.abandon(SinkClosedError("the sink closed before publishing"))
-            _log.error(
-                "Redis sink closed with %d message(s) unacknowledged after %.1f s: maybe lost",
-                self._abandoned,
-                timeout,
-            )
-        self._closed = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        await self._drop_connection()
-
-    @property
-    def stats(self) -> SinkStats:
-        """Counters, now. ``duplicates`` is always 0: Redis does not report copies."""
-        w = self._window
-        return SinkStats(
-            received=w.received,
-            stored=w.stored,
-            duplicates=w.duplicates,
-            pending=len(w),
-            retries=w.retries,
-            timeouts=w.timeouts,
-            errors=w.errors,
-            waits=w.waits,
-            reconnects=max(self._connects - 1, 0),
-            reordered=w.reordered,
-            abandoned=self._abandoned,
-            connected=self._connected.is_set(),
-        )
-
-    def __repr__(self) -> str:
-        state = "connected" if self._connected.is_set() else "closed" if self._closed else "not connected"
-        return f"<RedisStreamSink {redact_url(self.url)} {state}, {len(self._window)} pending>"
+    def _where(self) -> str:
+        return redact_url(self.url)
 
     # -- the I/O loop -----------------------------------------------------------------------------
 
@@ -370,19 +284,6 @@ class RedisStreamSink:
                     await conn.send_packed_command(_PING, check_health=False)
                     await conn.read_response()
 
-    async def _connect(self) -> AbstractConnection:
-        initial, maximum = self._reconnect
-        return await connect_with_backoff(self._open, initial, maximum, self._retrying)
-
-    def _retrying(self, exc: BaseException, delay: float) -> None:
-        self._note(
-            "connect",
-            "cannot connect to Redis at %s (%s): retrying in %.2f s",
-            redact_url(self.url),
-            exc,
-            delay,
-        )
-
     async def _open(self) -> AbstractConnection:
         redis = Redis.from_url(
             self.url,
@@ -420,11 +321,6 @@ class RedisStreamSink:
                 await redis.connection_pool.disconnect()
             with contextlib.suppress(Exception):
                 await redis.aclose()
-
-    def _note(self, kind: str, text: str, *args: object) -> None:
-        suppressed = self._limiter.allow(kind)
-        if suppressed is not None:
-            _log.warning(text + LogLimiter.suffix(suppressed), *args)
 
 
 def _wrong_types(key: object, msg_id: object, payload: object) -> str:
