@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
-import gc
 import random
 import statistics
 import sys
@@ -71,7 +70,7 @@ from ..state import ConnectionState
 from . import soak as _soak
 from .nats import NatsServer
 from .proxy import ChaosProxy
-from .soak import ResourceFigures
+from .soak import ResourceFigures, compare_quarters, resource_sample
 from .venue import VenueServer, VenueTrade
 
 __all__ = [
@@ -645,45 +644,16 @@ class _BusSoak:
         if t < self.next_sample:
             return
         self.next_sample = t + self.sample_every
-        # Live memory only: cyclic garbage (exceptions holding their frames) waits for a full
-        # collection, whose timing would otherwise make the figures a sawtooth.
-        gc.collect()
-        memory = _traced_memory() if tracemalloc.is_tracing() else 0
-        self.samples.append((t, len(asyncio.all_tasks()), _soak._open_fds(), memory))
+        self.samples.append((t, *resource_sample()))
 
     def judge_resources(self, span: float) -> None:
         self.report.resource_samples = len(self.samples)
-        first = [s for s in self.samples if s[0] <= span / 4]
-        last = [s for s in self.samples if s[0] >= span * 3 / 4]
-        if not first or not last:
+        figures = compare_quarters(
+            self.samples, span, self.task_tolerance, self.fd_tolerance, self.memory_tolerance
+        )
+        if figures is None:
             self.fail(f"too few resource samples ({len(self.samples)}) to compare quarters")
             return
-        figures = [
-            ResourceFigures(
-                "tasks",
-                statistics.median(s[1] for s in first),
-                statistics.median(s[1] for s in last),
-                self.task_tolerance,
-            )
-        ]
-        fds_first = [s[2] for s in first if s[2] is not None]
-        fds_last = [s[2] for s in last if s[2] is not None]
-        if fds_first and fds_last:
-            figures.append(
-                ResourceFigures(
-                    "open fds", statistics.median(fds_first), statistics.median(fds_last), self.fd_tolerance
-                )
-            )
-        if tracemalloc.is_tracing():
-            figures.append(
-                ResourceFigures(
-                    "traced memory",
-                    round(statistics.median(s[3] for s in first) / 1024, 1),
-                    round(statistics.median(s[3] for s in last) / 1024, 1),
-                    round(self.memory_tolerance / 1024, 1),
-                    " KiB",
-                )
-            )
         self.report.resources = figures
         for figure in figures:
             if not figure.ok:

@@ -349,6 +349,52 @@ class SoakReport:
         return "\n".join(lines)
 
 
+Sample = tuple[float, int, int | None, int]
+"""A resource sample: (time into the run, live tasks, open file descriptors, traced bytes)."""
+
+
+def resource_sample() -> tuple[int, int | None, int]:
+    """Live tasks, open file descriptors and ``tracemalloc``-traced bytes (0 when not tracing), now."""
+    # Live memory only: cyclic garbage (exceptions holding their frames) waits for a full
+    # collection, whose timing would otherwise make the figures a sawtooth.
+    gc.collect()
+    memory = _traced_memory() if tracemalloc.is_tracing() else 0
+    return len(asyncio.all_tasks()), _open_fds(), memory
+
+
+def compare_quarters(
+    samples: Sequence[Sample], span: float, tasks: float, fds: float, memory: float
+) -> list[ResourceFigures] | None:
+    """The medians of the first quarter of a run against the last, with their tolerances; ``None``
+    when a quarter has no sample."""
+    first = [s for s in samples if s[0] <= span / 4]
+    last = [s for s in samples if s[0] >= span * 3 / 4]
+    if not first or not last:
+        return None
+    figures = [
+        ResourceFigures(
+            "tasks", statistics.median(s[1] for s in first), statistics.median(s[1] for s in last), tasks
+        )
+    ]
+    fds_first = [s[2] for s in first if s[2] is not None]
+    fds_last = [s[2] for s in last if s[2] is not None]
+    if fds_first and fds_last:
+        figures.append(
+            ResourceFigures("open fds", statistics.median(fds_first), statistics.median(fds_last), fds)
+        )
+    if tracemalloc.is_tracing():
+        figures.append(
+            ResourceFigures(
+                "traced memory",
+                round(statistics.median(s[3] for s in first) / 1024, 1),
+                round(statistics.median(s[3] for s in last) / 1024, 1),
+                round(memory / 1024, 1),
+                " KiB",
+            )
+        )
+    return figures
+
+
 def _open_fds() -> int | None:
     try:
         return len(os.listdir("/proc/self/fd"))
@@ -672,11 +718,7 @@ class _Soak:
         if t < self.next_sample:
             return
         self.next_sample = t + self.sample_every
-        # Live memory only: cyclic garbage (exceptions holding their frames) waits for a full
-        # collection, whose timing would otherwise make the figures a sawtooth.
-        gc.collect()
-        memory = _traced_memory() if tracemalloc.is_tracing() else 0
-        self.samples.append((t, len(asyncio.all_tasks()), _open_fds(), memory))
+        self.samples.append((t, *resource_sample()))
 
     def judge_resources(self, span: float) -> None:
         if self.samples:
@@ -684,37 +726,12 @@ class _Soak:
             self.report.resource_samples = len(self.samples)
             self.report.sampled_span = (since, until)
             self.report.faults_sampled = dict(Counter(k for t, k in self.fault_times if since <= t <= until))
-        first = [s for s in self.samples if s[0] <= span / 4]
-        last = [s for s in self.samples if s[0] >= span * 3 / 4]
-        if not first or not last:
+        figures = compare_quarters(
+            self.samples, span, self.task_tolerance, self.fd_tolerance, self.memory_tolerance
+        )
+        if figures is None:
             self.fail(f"too few resource samples ({len(self.samples)}) to compare quarters")
             return
-        figures = [
-            ResourceFigures(
-                "tasks",
-                statistics.median(s[1] for s in first),
-                statistics.median(s[1] for s in last),
-                self.task_tolerance,
-            )
-        ]
-        fds_first = [s[2] for s in first if s[2] is not None]
-        fds_last = [s[2] for s in last if s[2] is not None]
-        if fds_first and fds_last:
-            figures.append(
-                ResourceFigures(
-                    "open fds", statistics.median(fds_first), statistics.median(fds_last), self.fd_tolerance
-                )
-            )
-        if tracemalloc.is_tracing():
-            figures.append(
-                ResourceFigures(
-                    "traced memory",
-                    round(statistics.median(s[3] for s in first) / 1024, 1),
-                    round(statistics.median(s[3] for s in last) / 1024, 1),
-                    round(self.memory_tolerance / 1024, 1),
-                    " KiB",
-                )
-            )
         self.report.resources = figures
         for figure in figures:
             if not figure.ok:
