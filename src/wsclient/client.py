@@ -420,16 +420,21 @@ class Client:
         c = session.counters
         last = session.last_inbound
         rtt = session.last_rtt
-        messages_in, bytes_in = c.messages_in, c.bytes_in
-        link = self._supervisor.link
-        liveness = link.liveness if link is not None else None
-        if liveness is not None:
-            messages_in += liveness.frames_in
-            bytes_in += liveness.bytes_in
-            if liveness.frames_in:
-                last = liveness.last_inbound
-            if liveness.last_rtt is not None:
-                rtt = (liveness.last_rtt, liveness.last_rtt_at)
+        messages_in, bytes_in, ping_replies = c.messages_in, c.bytes_in, c.ping_replies
+        supervisor = self._supervisor
+        links = (*supervisor.ending, supervisor.link) if supervisor.ending else (supervisor.link,)
+        for link in links:
+            if link is None:
+                continue
+            ping_replies += link.ping_replies
+            liveness = link.liveness
+            if liveness is not None:
+                messages_in += liveness.frames_in
+                bytes_in += liveness.bytes_in
+                if liveness.frames_in:
+                    last = liveness.last_inbound
+                if liveness.last_rtt is not None:
+                    rtt = (liveness.last_rtt, liveness.last_rtt_at)
         now = _clock()
         inbound = self._inbound
         router = inbound.router if inbound.has_router else None
@@ -457,7 +462,7 @@ class Client:
             write_stalls=c.write_stalls,
             budget_waits=c.budget_waits,
             rotations=c.rotations,
-            ping_replies=c.ping_replies + (link.ping_replies if link is not None else 0),
+            ping_replies=ping_replies,
             duplicates_dropped=router.dedup.dropped if router is not None and router.dedup is not None else 0,
         )
 

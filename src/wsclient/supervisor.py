@@ -125,6 +125,7 @@ class Supervisor:
         "_session",
         "_task",
         "connect_hooks",
+        "ending",
         "failure",
         "link",
         "sm",
@@ -163,6 +164,8 @@ class Supervisor:
         self.sm = sm
         self.connect_hooks: tuple[Callable[[Connection], Any], ...] = ()
         self.link: Link | None = None
+        self.ending: tuple[Link, ...] = ()  # a shared empty tuple: most clients never have one
+        """Links being shut down, whose figures are not folded into the session's yet."""
         """The primary link, while there is one."""
         self.failure: GaveUpError | None = None
         self._link_ids = itertools.count(1)
@@ -450,13 +453,19 @@ class Supervisor:
 
     async def _end_link(self, link: Link) -> None:
         """Stop an ended link and fold its figures into the session's."""
-        if self.link is link:
-            self.link = self._outbound.link = None
-            self._disarm_age()
-            await self._outbound.stop_writer()
-            await self._stop_rotation()
-        await link.shutdown()
-        self._end_figures(link)
+        # Counted in the client's figures while it shuts down: a snapshot taken meanwhile would
+        # otherwise miss what it received.
+        self.ending = (*self.ending, link)
+        try:
+            if self.link is link:
+                self.link = self._outbound.link = None
+                self._disarm_age()
+                await self._outbound.stop_writer()
+                await self._stop_rotation()
+            await link.shutdown()
+        finally:
+            self.ending = tuple(other for other in self.ending if other is not link)
+            self._end_figures(link)
 
     def _end_figures(self, link: Link) -> None:
         """Fold an ended link's figures into the session's (once)."""
