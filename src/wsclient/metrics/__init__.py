@@ -41,6 +41,7 @@ __all__ = [
 #: Upper bounds (seconds) for handler times and queue waits: a validated message takes tens of
 #: microseconds, a slow async handler hundreds of milliseconds.
 HANDLER_BUCKETS: tuple[float, ...] = (
+    0.000005,
     0.00001,
     0.000025,
     0.00005,
