@@ -408,6 +408,8 @@ class Inbound:
             previous.secondary = self._router is not None and self._router.merging
         receiver.secondary = False
         receiver.active = True
+        # A recorder attached while this link was being opened (a rotation's new link) times it too.
+        receiver.__class__ = Receiver if self._recorder is None else _StampingReceiver
         self._receiver = receiver
         if reconnect and self._router is not None:
             if self._queue:
