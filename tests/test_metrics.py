@@ -18,7 +18,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -26,7 +26,17 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricR
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from wsclient import Client, ClientConfig, ConfigError, Connected, Heartbeat, Pool, Reconnect, VenueLimits
+from wsclient import (
+    Client,
+    ClientConfig,
+    ConfigError,
+    Connected,
+    Heartbeat,
+    Message,
+    Pool,
+    Reconnect,
+    VenueLimits,
+)
 from wsclient.metrics import HANDLER_BUCKETS, RTT_BUCKETS, Histogram, Histograms
 from wsclient.metrics.otel import OtelMetrics
 from wsclient.metrics.prometheus import WsclientCollector, instrument
@@ -214,6 +224,39 @@ async def test_frames_held_behind_an_async_handler_show_in_queue_depth_and_wait(
     # The held handler's own time covers its wait for the release.
     handler_times = dict(final.buckets("wsclient_handler_seconds", client="bot"))
     assert handler_times[float("inf")] - handler_times[0.025] >= 1, handler_times
+
+
+class Ack(Message):
+    type: Literal["ack"]
+
+
+class Trade(Message):
+    type: Literal["trade"]
+    symbol: str
+    seq: int
+
+
+@pytest.mark.usefixtures("backend")
+async def test_typed_handlers_registered_after_metrics_were_attached_are_timed_and_called() -> None:
+    acks: list[Ack] = []
+    trades: list[Trade] = []
+    async with FeedServer(rate=200) as feed:
+        client = Client(feed.url)
+        client.on(Ack, acks.append)
+        client.on_unknown(lambda frame: None)  # trades, until a model claims them
+        client.subscribe(SUBSCRIBE)
+        async with client:
+            await poll_until(lambda: len(acks) == 1, TIMEOUT)  # the router is compiled and routing
+            probe = Histograms()
+            client.add_metrics(probe)
+            client.on(Trade, trades.append)  # the router rebuilds: the timed target must follow it
+            await poll_until(lambda: len(trades) >= 20, TIMEOUT)
+            client.remove_metrics(probe)
+            timed = probe.handler.count
+            mark = len(trades)
+            await poll_until(lambda: len(trades) >= mark + 10, TIMEOUT)
+    assert timed >= 20 and probe.handler.count == timed, "timed while attached, and only then"
+    assert [t.seq for t in trades] == list(range(trades[0].seq, trades[0].seq + len(trades)))
 
 
 # -- OpenTelemetry, read back through the SDK -----------------------------------------------------------

@@ -105,7 +105,8 @@ class _Timed:
 
     __slots__ = ("_inner", "_recorder", "dispatch")
 
-    def __init__(self, inner: Callable[[Data], Awaitable[None] | None], recorder: MetricsRecorder) -> None:
+    def __init__(self, inner: InlineTarget, recorder: MetricsRecorder) -> None:
+        # The target, not its dispatch: the router rebinds its own after registrations change.
         self._inner = inner
         self._recorder = recorder
         # An attribute, as InlineTarget wants it: what the transport calls for a frame it just read.
@@ -118,7 +119,7 @@ class _Timed:
         recorder = self._recorder
         recorder.queue_wait(waited)
         start = perf_counter()
-        pending = self._inner(data)
+        pending = self._inner.dispatch(data)
         if pending is None:
             recorder.handler_time(perf_counter() - start)
             return None
@@ -359,7 +360,7 @@ class Inbound:
             target = None
         recorder = self._recorder
         if target is not None and recorder is not None:
-            target = _Timed(target.dispatch, recorder)
+            target = _Timed(target, recorder)
         self._target = target
         self._set_inline()
 
