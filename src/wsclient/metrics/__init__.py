@@ -22,7 +22,7 @@ The exporters build on this: :mod:`wsclient.metrics.prometheus` (a ``prometheus_
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Protocol, runtime_checkable
@@ -121,34 +121,38 @@ def _check_bounds(bounds: Sequence[float]) -> tuple[float, ...]:
 
 
 class Histogram:
-    """Observations counted into fixed buckets (``value <= bound``), with their count and sum.
+    """Observations counted into fixed buckets (``value <= bound``), with their sum.
 
-    One list increment and two additions per observation; the cumulative view is built only when
-    read (:meth:`snapshot`).
+    One bisection, one list increment and one addition per observation; the count and the
+    cumulative view are built only when read (:meth:`snapshot`).
     """
 
-    __slots__ = ("_counts", "bounds", "count", "sum")
+    __slots__ = ("_counts", "bounds", "sum")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = _check_bounds(bounds)
         self._counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
-        self.count = 0
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
         """Count one observation."""
         self._counts[bisect_left(self.bounds, value)] += 1
-        self.count += 1
         self.sum += value
+
+    @property
+    def count(self) -> int:
+        """Observations so far."""
+        return sum(self._counts)
 
     def snapshot(self) -> HistogramSnapshot:
         """The cumulative buckets, count and sum now."""
+        total = self.sum  # read first: a scrape from another thread sees at most a newer count
         running = 0
         buckets = []
-        for bound, n in zip((*self.bounds, float("inf")), self._counts, strict=True):
+        for bound, n in zip((*self.bounds, float("inf")), list(self._counts), strict=True):
             running += n
             buckets.append((bound, running))
-        return HistogramSnapshot(tuple(buckets), running, self.sum)
+        return HistogramSnapshot(tuple(buckets), running, total)
 
     def __repr__(self) -> str:
         return f"<Histogram count={self.count} sum={self.sum:.6f}>"
@@ -158,7 +162,7 @@ class Histograms:
     """A :class:`MetricsRecorder` keeping one :class:`Histogram` per timing (what the Prometheus
     collector exports)."""
 
-    __slots__ = ("handler", "queue", "round_trip")
+    __slots__ = ("handler", "handler_time", "queue", "queue_wait", "round_trip", "rtt")
 
     def __init__(
         self,
@@ -171,18 +175,10 @@ class Histograms:
         """Inbound queue wait per frame."""
         self.round_trip = Histogram(rtt_buckets)
         """Heartbeat round-trip times."""
-
-    def handler_time(self, seconds: float) -> None:
-        """See :meth:`MetricsRecorder.handler_time`."""
-        self.handler.observe(seconds)
-
-    def queue_wait(self, seconds: float) -> None:
-        """See :meth:`MetricsRecorder.queue_wait`."""
-        self.queue.observe(seconds)
-
-    def rtt(self, seconds: float) -> None:
-        """See :meth:`MetricsRecorder.rtt`."""
-        self.round_trip.observe(seconds)
+        # The recorder's methods are the histograms' own observe(): no call in between, per frame.
+        self.handler_time: Callable[[float], None] = self.handler.observe
+        self.queue_wait: Callable[[float], None] = self.queue.observe
+        self.rtt: Callable[[float], None] = self.round_trip.observe
 
 
 class Fanout:
