@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks import pool
+from benchmarks import bus, pool
 from benchmarks.models import ADAPTER, MODELS, End, LatencySink, Sink
 from benchmarks.profiling import profiled
 from benchmarks.proxy import BlackholeProxy
@@ -164,6 +164,28 @@ async def run_wsclient(
         raise RuntimeError(f"{len(errors)} errors in wsclient, first: {errors[0]}")
 
 
+def run_wsclient_sync(url: str, sink: Any, *, handlers: str = "worker", timeout: float = 60) -> None:
+    """``wsclient.sync.Client`` from a plain thread: typed handlers inline on its loop thread
+    (``handlers="loop"``) or handed to its worker thread (``"worker"``)."""
+    import threading
+
+    try:
+        from wsclient.sync import Client
+    except ImportError:
+        raise Unavailable("wsclient.sync does not exist yet") from None
+    finished = threading.Event()
+    errors: list[str] = []
+    sink.on_done = finished.set
+    client = Client(url, config=wsclient_config(), handlers=handlers)  # type: ignore[arg-type]
+    client.on_error(lambda item, exc: errors.append(repr(exc)))
+    register(client, sink, "typed", "sync")
+    with client:
+        if not finished.wait(timeout):
+            raise TimeoutError(f"the stream did not end within {timeout}s")
+    if errors:
+        raise RuntimeError(f"{len(errors)} errors in wsclient.sync, first: {errors[0]}")
+
+
 # ---------------------------------------------------------------------------------------- peers
 
 
@@ -291,6 +313,12 @@ VARIANTS: dict[str, Variant] = {
     ),
     "wsclient-picows-typed-sync": Variant(
         'wsclient transport="picows", typed, sync handler', run_wsclient, {"transport": "picows"}
+    ),
+    "wsclient-sync-loop": Variant(
+        'wsclient.sync, typed, handlers="loop"', run_wsclient_sync, {"handlers": "loop"}, False
+    ),
+    "wsclient-sync-worker": Variant(
+        'wsclient.sync, typed, handlers="worker"', run_wsclient_sync, {"handlers": "worker"}, False
     ),
     "aiohttp": Variant("aiohttp + validate_json", run_aiohttp, {}),
     "picows": Variant("picows + validate_json", run_picows, {}),
@@ -825,6 +853,9 @@ MEASURES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "pool_throughput": pool.pool_throughput,
     "resubscribe": pool.resubscribe,
     "dedup_memory": pool.dedup_memory,
+    "bus_throughput": bus.bus_throughput,
+    "bus_latency": bus.bus_latency,
+    "bus_consumer": bus.bus_consumer,
 }
 
 
@@ -834,7 +865,7 @@ def main() -> None:
     try:
         result = MEASURES[spec["measure"]](spec)
         result["ok"] = True
-    except Unavailable as exc:
+    except (Unavailable, bus.Skipped) as exc:
         result = {"ok": False, "skipped": str(exc)}
     except BaseException as exc:
         traceback.print_exc()

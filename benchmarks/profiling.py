@@ -27,7 +27,7 @@ def _component(path: str) -> str | None:
         return "wsclient"
     if "pydantic" in path:
         return "pydantic"
-    for lib in ("websockets", "picows", "aiohttp", "websocket"):
+    for lib in ("websockets", "picows", "aiohttp", "websocket", "nats", "redis"):
         if f"/{lib}/" in path:
             return lib
     if "/asyncio/" in path or "selectors.py" in path:

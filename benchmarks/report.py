@@ -225,6 +225,7 @@ def goals(results: Results) -> list[dict[str, Any]]:
                         )
                     )
     out += pool_goals(results)
+    out += bus_goals(results)
     mem = results.get("idle", {}).get("memory", {})
     for comp in ("off", "on"):
         w, b = mem.get(f"wsclient|{comp}"), mem.get(f"websockets|{comp}")
@@ -303,6 +304,35 @@ def pool_goals(results: Results) -> list[dict[str, Any]]:
                 worst_b <= DEDUP_MAX_B,
                 f"{DEDUP_MAX_B - worst_b:+.0f} B (worst state)",
                 "tracemalloc, key strings included",
+            )
+        )
+    return out
+
+
+BUS_NAMES = {"nats": "NATS JetStream", "redis": "Redis Streams"}
+
+
+def bus_goals(results: Results) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    bus = results.get("bus", {})
+    target = bus.get("goal", 0.8)
+    for name, title in BUS_NAMES.items():
+        tp = bus.get(name, {}).get("throughput", {})
+        if not (has_runs(tp, "wsclient") and has_runs(tp, "bare")):
+            continue
+        ratio = paired(tp["wsclient"], tp["bare"], "rate", "/")
+        if ratio is None:
+            continue
+        out.append(
+            _goal(
+                f"bus_{name}_throughput",
+                f"bus: throughput into {title}, acknowledged",
+                f"≥ {target:.2f}× bare",
+                f"{ratio:.3f}× ({med(field(tp['wsclient'], 'rate')):,.0f} vs "
+                f"{med(field(tp['bare'], 'rate')):,.0f} msgs/s)",
+                ratio >= target,
+                f"{ratio - target:+.3f}× vs target",
+                tp["wsclient"]["label"],
             )
         )
     return out
@@ -942,6 +972,110 @@ def md_pool(results: Results) -> list[str]:
     return lines
 
 
+def md_bus(results: Results) -> list[str]:
+    bus = results["bus"]
+    lat = bus["latency"]
+    lines = [
+        "## 6. Bus",
+        "",
+        f"**Throughput, acknowledged.** The server's `/trades` path plays the venue: {bus['streams']} "
+        f"trade streams (Binance-shaped trades of ~160 B, ids contiguous from 1), {bus['n']:,} trades in "
+        "all, pre-encoded and written as fast as the client reads. A wsclient `Client` validates each "
+        "frame into `VenueTrade` and hands it to the sink registered with `client.on(VenueTrade, sink)` "
+        '(payload the raw frame, message id `"<stream>:<trade id>"`, window `max_pending='
+        f"{bus['max_pending']}`). Rate = messages / time from the first message the sink took until its "
+        "`flush()` returned, i.e. every message acknowledged by the bus. **The limit** (`bare`) is a bare "
+        "client in its own process publishing the same payloads, keys and ids, built before the clock "
+        "starts, with no WebSocket at all: for NATS, nats-py's `js.publish_async` with "
+        f"`publish_async_max_pending={bus['max_pending']}` (the sink's window) and "
+        "`publish_async_completed()` at the end; for Redis, `XADD key MAXLEN ~ "
+        f"{bus['maxlen']:,} * id <id> data <payload>` in pipelines of {bus['pipeline']} "
+        "(`transaction=False`, each awaited). NATS: one JetStream stream (subjects `md.>`, file storage, "
+        "duplicate window 120 s) deleted and created afresh before every run, then checked to hold "
+        "exactly N messages; Redis: the keys deleted before every run (no persistence), then checked to "
+        "hold N entries. Rows interleaved per round, each run a fresh process; the bus server is the "
+        "same for every run. CPU columns: the publishing process, and the bus server (from /proc) per "
+        f"message. Goal: wsclient ≥ {bus['goal']:.2f}× bare, per-round ratio, median.",
+        "",
+        f"**Latency.** The server's `/bus-paced` path sends {lat['rate']:,} trades/s for "
+        f"{lat['seconds']:g} s over the same streams, each ~1 ms batch stamped with `time.time_ns()` "
+        "just before its write; a consumer in its own process (an ordered push consumer on the JetStream "
+        "stream; `XREAD BLOCK` on the Redis keys) takes `time.time_ns()` on receipt minus the stamp "
+        f"(same machine, same clock). The first {lat['warmup']:g} s are left out. The publisher is the "
+        "wsclient `Client` + sink, or a bare websockets client that validates each frame with "
+        "`validate_json` and publishes it as it comes (NATS `js.publish_async`; Redis `XADD` in a pipeline "
+        "of what accumulated while the previous pipeline was out, at most 256). A publisher that cannot "
+        "keep up with the rate (see its CPU busy) queues, and its latency grows with the run.",
+        "",
+    ]
+    for name, title in BUS_NAMES.items():
+        section = bus.get(name)
+        if section is None:
+            continue
+        lines += [f"### {title}" + (f" ({section['server']})" if section.get("server") else ""), ""]
+        if section.get("unavailable"):
+            lines += [f"- skipped: {section['unavailable']}", ""]
+            continue
+        tp = section.get("throughput", {})
+        base = tp.get("bare")
+        table = []
+        for key, row in tp.items():
+            if not row.get("runs"):
+                continue
+            rates = field(row, "rate")
+            ratio = None if key == "bare" else paired(row, base, "rate", "/")
+            table.append(
+                [
+                    f"**{row['label']}**" if key == "bare" else row["label"],
+                    f"{med(rates):,.0f}",
+                    f"{min(rates):,.0f} – {max(rates):,.0f}",
+                    "–" if key == "bare" else fmt(ratio, ".3f", "×"),
+                    fmt(med(field(row, "cpu_us_per_msg")), ".1f"),
+                    fmt(med(field(row, "bus_cpu_us_per_msg")), ".1f"),
+                    fmt(med([100 * v for v in field(row, "cpu_share")]), ".0f", " %"),
+                ]
+            )
+        if table:
+            lines += _table(
+                [
+                    "publisher",
+                    "msgs/s (median)",
+                    "range",
+                    "× bare",
+                    "publisher CPU µs/msg",
+                    "bus server CPU µs/msg",
+                    "publisher CPU busy",
+                ],
+                table,
+            )
+            lines.append("")
+            for key, row in tp.items():
+                if key == "bare" or not row.get("runs"):
+                    continue
+                ra, rb = by_round(row, "rate"), by_round(base, "rate")
+                per_round = ", ".join(f"{ra[r] / rb[r]:.3f}" for r in sorted(set(ra) & set(rb)))
+                lines.append(f"Per-round ratios, {row['label']} / bare: {per_round}.")
+                lines.append("")
+        lines += _skips(tp)
+        lat_rows = section.get("latency", {})
+        table = []
+        for row in lat_rows.values():
+            if not row.get("runs"):
+                continue
+            p = [med(field(row, f)) for f in ("p50_us", "p99_us", "p999_us", "max_us")]
+            busy = med([100 * v for v in field(row, "publisher_cpu_share")])
+            table.append([row["label"], *(fmt(v, ",.0f", " µs") for v in p), fmt(busy, ".0f", " %")])
+        if table:
+            lines += [
+                "",
+                f"Latency, venue write → consumer receipt, {lat['rate']:,} msgs/s (medians over rounds):",
+                "",
+            ]
+            lines += _table(["publisher", "p50", "p99", "p99.9", "max", "publisher CPU busy"], table)
+        lines += ["", *_skips(lat_rows), ""]
+    return lines
+
+
 def md_profiles(results: Results, out: Path) -> list[str]:
     made = results.get("profiles") or []
     if not made:
@@ -952,7 +1086,8 @@ def md_profiles(results: Results, out: Path) -> list[str]:
         lines.append(f"### {p['goal']}: `{p['variant']}` — [{p['path']}]({p['path']})")
         lines.append("")
         summary_path = path.with_suffix(".json")
-        if p["goal"] in ("throughput", "latency", "pool throughput") and summary_path.exists():
+        known = p["goal"] in ("throughput", "latency", "pool throughput") or p["goal"].startswith("bus ")
+        if known and summary_path.exists():
             summary = json.loads(summary_path.read_text())
             total = summary["total_s"]
             comps = ", ".join(f"{name} {100 * t / total:.0f} %" for name, t in summary["components"].items())
@@ -1040,13 +1175,15 @@ def render(results: Results, out: Path) -> tuple[str, list[dict[str, Any]]]:
         lines += [*md_idle(results), ""]
     if "pool" in results:
         lines += [*md_pool(results), ""]
+    if "bus" in results:
+        lines += [*md_bus(results), ""]
     lines += md_profiles(results, out)
     lines += [
         "## Reproduce",
         "",
         "`make bench` (full: ~25 min on 2 cores), `make bench QUICK=1` (a few minutes), or "
         "`.venv/bin/python -m benchmarks.run --only throughput --n 200000 --rounds 5` (`--only pool` for "
-        "the Pool's); "
+        "the Pool's, `--only bus` for the bus sinks', which writes bus.md instead of this file); "
         "`python -m benchmarks.report` re-renders this file from `latest.json`.",
         "",
     ]
@@ -1122,6 +1259,23 @@ def summary_text(results: Results, goal_table: list[dict[str, Any]]) -> str:
             f"  dedup state per stream: {mem['steady_b']:.0f} B, "
             f"{mem['after_overlap_b']:.0f} B after an overlap"
         )
+    bus = results.get("bus", {})
+    for name, title in BUS_NAMES.items():
+        section = bus.get(name, {})
+        tp = section.get("throughput", {})
+        if tp:
+            lines.append(f"bus {title}, acknowledged (msgs/s, × bare):")
+            for key, row in tp.items():
+                rate = med(field(row, "rate"))
+                if rate is not None:
+                    ratio = None if key == "bare" else paired(row, tp.get("bare"), "rate", "/")
+                    lines.append(f"  {row['label'][:70]:<70} {rate:>9,.0f}  {fmt(ratio, '.3f', '×')}")
+                elif row.get("skipped"):
+                    lines.append(f"  {row['label'][:70]:<70} skipped")
+        for row in section.get("latency", {}).values():
+            if row.get("runs"):
+                p = [med(field(row, f)) for f in ("p50_us", "p99_us")]
+                lines.append(f"  latency {row['label'][:62]:<62} p50 {p[0]:>7,.0f} µs  p99 {p[1]:>7,.0f} µs")
     lines.append("goals:")
     for g in goal_table:
         verdict = {True: "met", False: "MISSED", None: "-"}[g["met"]]
@@ -1129,8 +1283,9 @@ def summary_text(results: Results, goal_table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write(results: Results, out: Path) -> str:
-    """Write latest.md and the charts into ``out``; return the summary text."""
+def write(results: Results, out: Path, name: str = "latest") -> str:
+    """Write ``<name>.md`` and the charts into ``out``; return the summary text. The bus measure's own
+    report (``name="bus"``) has no charts, so it leaves the full report's PNGs alone."""
     charts = {
         "throughput.png": chart_throughput,
         "latency_cdf.png": chart_latency,
@@ -1138,17 +1293,18 @@ def write(results: Results, out: Path) -> str:
         "memory.png": chart_memory,
         "pool.png": chart_pool,
     }
-    for name, make in charts.items():
-        make(results, out / name)
+    if name == "latest":
+        for png, make in charts.items():
+            make(results, out / png)
     text, goal_table = render(results, out)
-    (out / "latest.md").write_text(text)
+    (out / f"{name}.md").write_text(text)
     return summary_text(results, goal_table)
 
 
 def main() -> None:
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results" / "latest.json"
     results = json.loads(path.read_text())
-    print(write(results, path.parent))
+    print(write(results, path.parent, path.stem))
 
 
 if __name__ == "__main__":

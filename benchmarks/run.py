@@ -10,11 +10,14 @@ Method (details in the generated report, benchmarks/results/latest.md):
   (black-holing proxy, server restart), memory and CPU of 1,000 idle connections, and the Pool's
   (benchmarks/pool.py): 100 streams over 4 connections against one bare connection, CPU per message;
   resubscribing 1,000 streams under a 5 msg/s budget against the floor it allows; the de-duplicator's
-  memory per stream.
+  memory per stream; and the bus sinks' (benchmarks/bus.py): throughput into NATS JetStream and Redis
+  Streams with every message acknowledged, against a bare nats-py / redis-py loop on the same server,
+  and the latency from the venue's write to a consumer of the bus.
 
 Flags: ``--quick`` (100k messages, shorter runs, 3 rounds),
-``--only throughput,latency,deadlink,idle,pool``, ``--n``, ``--pool-n``, ``--rounds``, ``--note``
-(printed in the report, e.g. "machine shared with other jobs").
+``--only throughput,latency,deadlink,idle,pool,bus``, ``--n``, ``--pool-n``, ``--bus-n``, ``--rounds``,
+``--note`` (printed in the report, e.g. "machine shared with other jobs"). ``--only bus`` alone writes
+bus.json / bus.md instead of latest.json / latest.md.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from benchmarks import report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-MEASURES = ("throughput", "latency", "deadlink", "idle", "pool")
+MEASURES = ("throughput", "latency", "deadlink", "idle", "pool", "bus")
 
 THROUGHPUT = [
     "websockets-bare",
@@ -49,6 +52,8 @@ THROUGHPUT = [
     "wsclient-raw-sync",
     "wsclient-raw-async",
     "wsclient-picows-typed-sync",
+    "wsclient-sync-loop",
+    "wsclient-sync-worker",
     "aiohttp",
     "picows",
     "websocket-client",
@@ -67,6 +72,28 @@ MEMORY = [
 IDLE_CPU = ["wsclient", "websockets"]
 POOL_THROUGHPUT = ["bare", "client", "pool-nodedup", "pool"]
 POOL_BASELINE = "bare"
+#: Bus throughput rows: the sink, the limit the goal is judged against, a leaner core-NATS loop.
+BUS_THROUGHPUT = {
+    "nats": {
+        "wsclient": "wsclient Client → NatsJetStreamSink (window 4096)",
+        "bare": "nats-py js.publish_async loop, pre-built (publish_async_max_pending 4096): the limit",
+        "bare-core": "nats-py core publish + reply inbox, acks counted, window 4096 (leaner loop)",
+    },
+    "redis": {
+        "wsclient": "wsclient Client → RedisStreamSink (window 4096)",
+        "bare": "redis-py XADD MAXLEN ~ in pipelines of 256, pre-built: the limit",
+    },
+}
+BUS_LATENCY = {
+    "nats": {
+        "wsclient": "wsclient Client → NatsJetStreamSink",
+        "bare": "websockets + validate_json → js.publish_async",
+    },
+    "redis": {
+        "wsclient": "wsclient Client → RedisStreamSink",
+        "bare": "websockets + validate_json → XADD, pipelined as it comes",
+    },
+}
 LIBRARIES = (
     "wsclient",
     "websockets",
@@ -425,6 +452,203 @@ def measure_pool(server: ServerProc, args: argparse.Namespace) -> dict[str, Any]
     return out
 
 
+class Child:
+    """A client process that says ``READY`` on stdout before its RESULT line (the bus consumer)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.clients", json.dumps(spec)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=child_env(),
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_err, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    def ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return False
+            if line is None:
+                return False
+            if line == "READY":
+                return True
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.kill()
+                return {"ok": False, "error": f"no result within {timeout:.0f}s"}
+            if line is None:
+                return {
+                    "ok": False,
+                    "error": "exited without a result",
+                    "stderr": "".join(self.stderr)[-2000:],
+                }
+            if line.startswith("RESULT "):
+                result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+                if not result.get("ok") and result.get("error"):
+                    result["stderr"] = "".join(self.stderr)[-2000:]
+                self.proc.wait(timeout=10)
+                return result
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def measure_bus(server: ServerProc, args: argparse.Namespace) -> dict[str, Any]:
+    """wsclient's sinks against bare bus clients: throughput with acknowledgements, and latency."""
+    from benchmarks import bus
+
+    streams = bus.STREAMS
+    per_stream = max(1, args.bus_n // streams)
+    n = streams * per_stream
+    rate, seconds = bus.LATENCY_RATE, args.latency_seconds
+    lat_n = int(rate * seconds)
+    out: dict[str, Any] = {
+        "n": n,
+        "streams": streams,
+        "max_pending": bus.MAX_PENDING,
+        "pipeline": bus.REDIS_PIPELINE,
+        "maxlen": bus.REDIS_MAXLEN,
+        "goal": bus.GOAL_RATIO,
+        "latency": {"rate": rate, "seconds": seconds, "warmup": bus.LATENCY_WARMUP, "n": lat_n},
+    }
+    timeout = max(bus.BUS_TIMEOUT, n / 2000)
+    for name, make in (("nats", bus.NatsProc), ("redis", bus.RedisProc)):
+        try:
+            proc = make()
+        except (OSError, RuntimeError) as exc:
+            log(f"bus {name}: server unavailable: {exc}")
+            out[name] = {"unavailable": str(exc)}
+            continue
+        try:
+            common = {"bus": name, "bus_url": proc.url, "bus_pid": proc.pid, "streams": streams}
+            section: dict[str, Any] = {"server": proc.version()}
+            keys = [k for k in BUS_THROUGHPUT[name] if not args.variants or k in args.variants or k == "bare"]
+            table = Table(keys, BUS_THROUGHPUT[name])
+
+            def spec(key: str, tag: str, common: dict[str, Any] = common) -> dict[str, Any]:
+                path = f"/trades?streams={streams}&per_stream={per_stream}&run={tag}"
+                return {
+                    **common,
+                    "measure": "bus_throughput",
+                    "variant": key,
+                    "url": server.url(path),
+                    "per_stream": per_stream,
+                    "n": n,
+                    "timeout": timeout,
+                }
+
+            server.drain()
+            log(f"bus {name}: warm-up run ({n:,} messages, {streams} streams)")
+            # The server encodes the frames at the first request of this size: a wsclient run, unmeasured.
+            warm = run_client(spec("wsclient", f"{name}-warm-up"), timeout + 60)
+            if warm.get("skipped"):
+                table.add("wsclient", 0, warm)
+                log(f"bus {name}: wsclient row skipped: {warm['skipped']}")
+            server.drain()
+            for r in range(1, args.rounds + 1):
+                for key in table.active():
+                    tag = f"{name}-r{r}-{key}"
+                    result = run_client(spec(key, tag), timeout + 30)
+                    if result.get("ok") and key == "wsclient":
+                        stats = server.run_stats(tag, 1)
+                        if stats and stats.get("wall_s"):
+                            result["server_cpu_pct"] = 100 * stats["cpu_s"] / stats["wall_s"]
+                    status = table.add(key, r, result)
+                    figure = (
+                        f"{result['rate']:>9,.0f} msg/s  {result['cpu_us_per_msg']:6.2f} µs CPU/msg, "
+                        f"bus {result.get('bus_cpu_us_per_msg', 0):5.2f} µs CPU/msg"
+                        if result.get("ok")
+                        else status
+                    )
+                    log(f"bus {name} throughput round {r}/{args.rounds}  {key:<10} {figure}")
+                    server.drain()
+            section["throughput"] = table.as_dict()
+
+            lkeys = [k for k in BUS_LATENCY[name] if not args.variants or k in args.variants or k == "bare"]
+            lat = Table(lkeys, BUS_LATENCY[name])
+            if "skipped" in table.rows.get("wsclient", {}) and "wsclient" in lat.rows:
+                lat.add("wsclient", 0, {"skipped": table.rows["wsclient"]["skipped"]})
+            lat_timeout = seconds + 60
+            for r in range(1, args.rounds + 1):
+                for key in lat.active():
+                    consumer = Child(
+                        {
+                            **common,
+                            "measure": "bus_consumer",
+                            "n": lat_n,
+                            "warmup_n": int(rate * bus.LATENCY_WARMUP),
+                            "timeout": lat_timeout,
+                        }
+                    )
+                    try:
+                        if not consumer.ready(30):
+                            result = consumer.result(5)
+                            result = {"ok": False, "error": f"consumer not ready: {result.get('error')}"}
+                        else:
+                            path = f"/bus-paced?streams={streams}&rate={rate}&seconds={seconds}"
+                            pub = run_client(
+                                {
+                                    **common,
+                                    "measure": "bus_latency",
+                                    "variant": key,
+                                    "url": server.url(path),
+                                    "n": lat_n,
+                                    "timeout": lat_timeout,
+                                },
+                                lat_timeout + 30,
+                            )
+                            if pub.get("ok"):
+                                result = consumer.result(30)
+                                result["sink"] = pub.get("sink")
+                                result["publisher_cpu_us_per_msg"] = pub.get("publisher_cpu_us_per_msg")
+                                result["publisher_cpu_share"] = pub.get("publisher_cpu_share")
+                            else:
+                                result = pub
+                    finally:
+                        consumer.kill()
+                    status = lat.add(key, r, result)
+                    figure = (
+                        f"p50 {result['p50_us']:7.0f} µs  p99 {result['p99_us']:7.0f} µs  "
+                        f"p99.9 {result['p999_us']:7.0f} µs"
+                        if result.get("ok")
+                        else status
+                    )
+                    log(f"bus {name} latency round {r}/{args.rounds}  {key:<10} {figure}")
+                    server.drain()
+            section["latency"] = lat.as_dict()
+            out[name] = section
+        finally:
+            proc.stop()
+    return out
+
+
 PICOWS_TYPED = "wsclient-picows-typed-sync"
 
 
@@ -433,8 +657,17 @@ def profiles(server: ServerProc, results: dict[str, Any], args: argparse.Namespa
 
     Profiles and traces left by an earlier run go first: the report names only this run's.
     """
+    prefixes = {
+        "throughput": ("profile-throughput-",),
+        "latency": ("profile-latency-",),
+        "pool": ("profile-pool-",),
+        "idle": ("memory-trace-",),
+        "bus": ("profile-bus-",),
+    }
+    mine = tuple(p for m in args.only for p in prefixes.get(m, ()))
     for stale in [*RESULTS.glob("profile-*"), *RESULTS.glob("memory-trace-*")]:
-        stale.unlink()
+        if stale.name.startswith(mine):  # a partial run leaves the other measures' profiles alone
+            stale.unlink()
     made: list[dict[str, str]] = []
     goals = report.goals(results)
     missed = {g["id"] for g in goals if g["met"] is False}
@@ -497,6 +730,38 @@ def profiles(server: ServerProc, results: dict[str, Any], args: argparse.Namespa
         result = run_client(spec, lat["seconds"] + 60)
         if result.get("ok"):
             made.append({"goal": "latency", "path": path.name, "variant": key})
+    bus_results = results.get("bus", {})
+    for name in ("nats", "redis"):
+        if f"bus_{name}_throughput" not in missed:
+            continue
+        path = RESULTS / f"profile-bus-{name}-wsclient.txt"
+        n, streams = bus_results["n"], bus_results["streams"]
+        per_stream = n // streams
+        proc_class = {"nats": "NatsProc", "redis": "RedisProc"}[name]
+        from benchmarks import bus
+
+        proc = getattr(bus, proc_class)()
+        try:
+            spec = {
+                "measure": "bus_throughput",
+                "bus": name,
+                "variant": "wsclient",
+                "bus_url": proc.url,
+                "bus_pid": proc.pid,
+                "streams": streams,
+                "per_stream": per_stream,
+                "n": n,
+                "url": server.url(f"/trades?streams={streams}&per_stream={per_stream}&run=profile-{name}"),
+                "timeout": max(bus.BUS_TIMEOUT, n / 1000),
+                "profile": str(path),
+            }
+            log(f"profile: wsclient → {name} sink throughput under pyinstrument → {rel(path)}")
+            server.drain()
+            result = run_client(spec, spec["timeout"] + 30)
+        finally:
+            proc.stop()
+        if result.get("ok"):
+            made.append({"goal": f"bus {name} throughput", "path": path.name, "variant": "wsclient"})
     if missed & {"memory_off", "memory_on"}:
         for variant in ("wsclient", "websockets"):
             path = RESULTS / f"memory-trace-{variant}.txt"
@@ -584,6 +849,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pool-n", type=int, default=None, help="messages per pool throughput run (400,000; quick: 100,000)"
     )
+    parser.add_argument(
+        "--bus-n", type=int, default=None, help="messages per bus throughput run (100,000; quick: 30,000)"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="rounds per measure (5; quick: 3)")
     parser.add_argument("--conns", type=int, default=None, help="idle connections (1000)")
     parser.add_argument("--note", default="", help="a line for the report, e.g. why figures may be noisy")
@@ -592,6 +860,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.n = args.n or (100_000 if args.quick else 1_000_000)
     args.pool_n = args.pool_n or (100_000 if args.quick else 400_000)
+    args.bus_n = args.bus_n or (30_000 if args.quick else 100_000)
     args.rounds = args.rounds or (3 if args.quick else 5)
     args.conns = args.conns or 1000
     args.latency_seconds = 2.0 if args.quick else 5.0
@@ -624,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
     probe = run_client({"measure": "probe"}, 60)
     results["meta"]["features"] = probe
     log(f"wsclient features: {probe}")
-    need_server = set(args.only) & {"throughput", "latency", "idle", "pool"}
+    need_server = set(args.only) & {"throughput", "latency", "idle", "pool", "bus"}
     if "throughput" in args.only:
         log(f"starting the server ({args.n:,} frames pre-encoded)")
     server = ServerProc(args.n if "throughput" in args.only else 0) if need_server else None
@@ -639,6 +908,8 @@ def main(argv: list[str] | None = None) -> int:
             results["idle"] = measure_idle(server, args)
         if "pool" in args.only and server is not None:
             results["pool"] = measure_pool(server, args)
+        if "bus" in args.only and server is not None:
+            results["bus"] = measure_bus(server, args)
         if server is not None and not args.no_profile:
             results["profiles"] = profiles(server, results, args)
     finally:
@@ -646,10 +917,12 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     results["meta"]["machine"]["loadavg_end"] = os.getloadavg()
     results["meta"]["duration_s"] = time.time() - started
-    (out / "latest.json").write_text(json.dumps(results, separators=(",", ":")))
-    summary = report.write(results, out)
+    # A run of the bus measure alone has its own report (bus.md), leaving latest.md's other sections be.
+    name = "bus" if args.only == ["bus"] else "latest"
+    (out / f"{name}.json").write_text(json.dumps(results, separators=(",", ":")))
+    summary = report.write(results, out, name)
     print(summary)
-    log(f"report: {rel(out / 'latest.md')}")
+    log(f"report: {rel(out / f'{name}.md')}")
     return 0
 
 

@@ -19,6 +19,11 @@ Paths (the query string sets parameters):
   ``streams`` streams, each gets ``per_stream`` trades of every stream it subscribed to, ids contiguous
   from 1, the streams interleaved, pre-encoded and written in 256 KiB blocks at once, all connections
   at the same moment. The frames are encoded at the first request of a given size and kept.
+* ``/bus-paced?streams=10&rate=5000&seconds=5``: venue trades for the bus latency measure
+  (benchmarks/bus.py), ``rate`` per second over ``streams`` streams (ids contiguous from 1), written in
+  small batches every ~1 ms, each batch stamped just before its write with ``time.time_ns()`` in the
+  ``w`` field (wall clock: the consumer that reads it is another process); no end marker, the
+  connection stays open until the client closes it.
 
 stdout carries JSON lines: ``{"event": "ready", "port": ...}`` once listening, and for ``/stream``
 and ``/paced`` connections (and ``/trades``, with its ``run``)
@@ -229,6 +234,12 @@ class Conn:
             mode = self.feed(float(query.get("rate", ["1000"])[0]))
         elif path == "/trades":
             mode = self.trades()
+        elif path == "/bus-paced":
+            mode = self.bus_paced(
+                int(query.get("streams", ["10"])[0]),
+                float(query.get("rate", ["5000"])[0]),
+                float(query.get("seconds", ["5"])[0]),
+            )
         else:
             mode = self.idle()
         writing = asyncio.create_task(mode)
@@ -241,7 +252,7 @@ class Conn:
             for task in (reading, writing):
                 task.cancel()
             await asyncio.gather(reading, writing, return_exceptions=True)
-        if path in ("/stream", "/paced", "/trades"):
+        if path in ("/stream", "/paced", "/trades", "/bus-paced"):
             wall = time.monotonic() - t0
             cpu = cpu_seconds() - cpu0
             line: dict[str, object] = {"event": "conn", "path": path, "cpu_s": cpu, "wall_s": wall}
@@ -351,6 +362,33 @@ class Conn:
             await asyncio.sleep(0.001)
         self.write(feed.frame(feed.end_payload(total)))
         await writer.drain()
+
+    async def bus_paced(self, streams: int, rate: float, seconds: float) -> None:
+        """``rate`` trades per second for ``seconds`` over ``streams`` streams, each batch stamped with
+        ``time.time_ns()`` (field ``w``) just before its write; then silence until the client closes."""
+        names = feed.trade_streams(streams)
+        heads = [f'{{"e":"trade","s":"{name}","t":' for name in names]
+        total = int(rate * seconds)
+        sent = 0
+        start = time.monotonic()
+        writer = self.writer
+        frame = feed.frame
+        while sent < total:
+            due = min(total, int((time.monotonic() - start) * rate) + 1)
+            if due > sent:
+                ns = time.time_ns()
+                tail = f',"E":{ns // 1_000_000},"w":{ns}}}'
+                parts = []
+                for i in range(sent, due):
+                    t, j = divmod(i, streams)
+                    price = 20_000 + (i % 977)
+                    payload = f'{heads[j]}{t + 1},"p":"{price}.12500000","q":"0.{i % 9973:05d}000"{tail}'
+                    parts.append(frame(payload.encode()))
+                self.write(b"".join(parts))
+                sent = due
+                await writer.drain()
+            await asyncio.sleep(0.001)
+        await asyncio.Event().wait()  # the client closes the connection
 
     async def feed(self, rate: float) -> None:
         await self.subscribed.wait()

@@ -82,7 +82,6 @@ async def main(argv: list[str]) -> None:
             member=args.member,
             redundancy=args.redundancy,
             lease=args.lease,
-            handoff=args.lease,
         )
         await fleet.start()
     else:

@@ -178,6 +178,20 @@ class Collector:
         return self.frames
 
 
+#: What wsclient reads for its proxy (``ClientConfig(proxy=None)``, the default), curl's names.
+PROXY_VARIABLES = tuple(
+    name for base in ("http_proxy", "https_proxy", "all_proxy", "no_proxy") for name in (base, base.upper())
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's or a CI runner's proxy must not route the suite's 127.0.0.1 connections; the
+    proxy tests set the variables they need."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
 #: Every transport backend; modules that exercise a connection run each test on all of them with
 #: ``pytestmark = pytest.mark.usefixtures("backend")``.
 BACKENDS = ("websockets", "picows")

@@ -39,6 +39,15 @@ EXPECTED = {
         "stream MD: ",
         "every trade exactly once, in order: True",
     ],
+    "threaded_bot.py": [
+        "request answered: type=time",
+        "connected (reconnect=True)",
+        "handled 120 trades on ['wsclient-handlers-1'], in order: True",
+        "strategy thread read ",
+        "closed from a handler: state=closed connects=2",
+        "the feed saw close codes [1012, 1000]",
+        "threads left: ['MainThread']",
+    ],
     "behind_nginx.py": [
         "disconnected: connection closed with code 1006",
         "with heartbeat: the proxy cut the link 0 time(s), 0 disconnect(s)",

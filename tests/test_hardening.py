@@ -360,6 +360,7 @@ class PingFlood:
         await hold_open(peer)
 
 
+@pytest.mark.serial
 async def test_ping_flood_from_a_peer_that_never_reads_is_bounded_and_ends_the_link(
     raw_server: MakeRaw,
 ) -> None:

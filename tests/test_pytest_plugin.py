@@ -114,3 +114,86 @@ async def test_unstarted(make_chaos_proxy):
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", timeout=60)
     result.assert_outcomes(passed=1)
+
+
+# A user's suite against a recorded session: the replay_server fixture on their recording, and the
+# factory with options; both stopped after each test.
+REPLAY_TESTS = """
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from wsclient import Client, ClientConfig, Disconnected, Reconnect
+from wsclient.testing import ReplayServer
+
+pytest_plugins = ["wsclient.testing.pytest_plugin"]
+
+SESSION = Path(__file__).parent / "session.jsonl.gz"
+CONFIG = ClientConfig(reconnect=Reconnect(initial_delay=0.01, max_delay=0.02, jitter=0))
+SEEN = []
+
+
+@pytest.fixture
+def replay_recording():
+    return SESSION
+
+
+async def consume(url, count):
+    frames, drops, done = [], [], asyncio.Event()
+    client = Client(url, config=CONFIG)
+    client.on_message(lambda f: (frames.append(f), len(frames) >= count and done.set()))
+    client.on_event(lambda e: drops.append((len(frames), e.code)) if isinstance(e, Disconnected) else None)
+    async with client:
+        await asyncio.wait_for(done.wait(), 10)
+    return frames, drops
+
+
+async def test_the_bot_on_the_recording(replay_server):
+    SEEN.append(replay_server)
+    assert isinstance(replay_server, ReplayServer) and replay_server.speed == "max"
+    frames, drops = await consume(replay_server.url, 4)
+    assert frames == ["a1", "a2", b"\\x00a3", "b1"]
+    assert drops == [(3, 4000)]
+
+
+async def test_the_factory(make_replay_server):
+    server = await make_replay_server(SESSION, speed=50, disconnects=False)
+    SEEN.append(server)
+    frames, drops = await consume(server.url, 4)
+    assert frames == ["a1", "a2", b"\\x00a3", "b1"] and drops == []
+
+
+async def test_everything_was_stopped():
+    assert len(SEEN) == 2 and not any(s.running for s in SEEN)
+    for server in SEEN:
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", server.port)
+"""
+
+
+def test_user_suite_replays_a_recording(pytester: pytest.Pytester) -> None:
+    from wsclient.recording import RecordingWriter
+
+    with RecordingWriter(pytester.path / "session.jsonl.gz", "wss://venue.example/ws") as writer:
+        writer.connected(1)
+        for frame in ("a1", "a2", b"\x00a3"):
+            writer.frame(frame)
+        writer.disconnected(1, 4000, "kicked", "connection closed with code 4000 (kicked)")
+        writer.connected(2)
+        writer.frame("b1")
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_user=REPLAY_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", timeout=60)
+    result.assert_outcomes(passed=3)
+
+
+def test_replay_server_needs_the_users_recording(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(
+        test_user='pytest_plugins = ["wsclient.testing.pytest_plugin"]\n\n'
+        "async def test_it(replay_server):\n    pass\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", timeout=60)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'replay_recording' not found*"])

@@ -21,6 +21,7 @@ from wsclient import (
     Disconnected,
     Heartbeat,
     Reconnect,
+    StateChanged,
 )
 
 from .conftest import Recorder, TestServer, poll_until
@@ -88,7 +89,9 @@ async def test_rotation_opens_the_new_link_before_closing_the_old(make_server: M
     async with client:
         await recorder.wait_for(Connected)
         await poll_until(lambda: len(delivered) >= 5)
-        client.on_event(lambda event: None if isinstance(event, Closed) else states.append(client.state))
+        client.on_event(
+            lambda event: None if isinstance(event, Closed | StateChanged) else states.append(client.state)
+        )
         assert client._supervisor.rotate()
         assert not client._supervisor.rotate(), "one rotation at a time"
         await recorder.wait_for(Connected, 2)

@@ -38,6 +38,7 @@ from .test_client import fast_config
 SEED = 5
 
 
+@pytest.mark.serial
 async def test_short_chaos_soak(caplog: pytest.LogCaptureFixture) -> None:
     """~30 s of every fault kind (each at least once); every promise of the client is checked."""
     # Keep pytest's log capture out of the memory figures: it keeps every record (tracebacks and

@@ -19,6 +19,7 @@ from .errors import (
     LinkDead,
     OutboxFullError,
     PeerNotReading,
+    ProxyError,
     RefreshFailed,
     RequestTimeout,
     TransportClosed,
@@ -38,6 +39,7 @@ from .events import (
     Reconnecting,
     StateChanged,
 )
+from .policy import Decision, Failure
 from .pool import Pool, PoolStats, ShardInfo, StreamStale
 from .resync import (
     BufferOverflow,
@@ -72,7 +74,9 @@ __all__ = [
     "Connection",
     "ConnectionLostError",
     "ConnectionState",
+    "Decision",
     "Disconnected",
+    "Failure",
     "GapDetected",
     "GaveUp",
     "GaveUpError",
@@ -91,6 +95,7 @@ __all__ = [
     "PingReply",
     "Pool",
     "PoolStats",
+    "ProxyError",
     "Reconnect",
     "Reconnecting",
     "RefreshFailed",

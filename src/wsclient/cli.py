@@ -1,4 +1,4 @@
-"""The ``wsclient`` command line: ``demo``, ``listen``, ``serve``, ``feed`` and ``tail``.
+"""The ``wsclient`` command line: ``demo``, ``listen``, ``record``, ``serve``, ``feed`` and ``tail``.
 
 * ``wsclient demo`` runs wsclient's main job on this machine, with no network: an embedded fake feed
   (:class:`~wsclient.testing.FeedServer`) behind a fault-injecting proxy
@@ -10,7 +10,10 @@
   (shards, rotations, duplicates dropped, a muted stream, a restart, streams removed and added back),
   then accounted for trade id by trade id.
 * ``wsclient listen URL`` prints the frames of any WebSocket endpoint, reconnecting as a bot would.
-* ``wsclient serve`` runs the fake feed (and optionally the proxy) for trying other clients.
+* ``wsclient record URL --out FILE`` writes what ``listen`` would print, with arrival times and the
+  connections' ends, to a recording (:mod:`wsclient.recording`).
+* ``wsclient serve`` runs the fake feed (and optionally the proxy) for trying other clients;
+  ``serve --replay FILE`` plays a recording instead (:class:`~wsclient.testing.ReplayServer`).
 * ``wsclient feed CONFIG.toml`` runs a feeder from a configuration file (:mod:`wsclient.feeder`): a
   venue's streams through a :class:`~wsclient.Pool` into a message bus (NATS JetStream), exactly once,
   shown live, then accounted for (received = stored + duplicates + abandoned).
@@ -39,6 +42,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Generic, Literal, NoReturn, Protocol, TextIO, TypeVar
 
 from pydantic import ValidationError
@@ -64,10 +68,12 @@ from .events import (
 from .feeder import Feeder, FeedError, describe_config, load_feed_config
 from .policy import describe
 from .pool import Pool, PoolStats, ShardInfo, StreamStale
+from .recording import RecordingError, RecordingWriter
 from .routing import Message, SequenceGap
 from .state import ConnectionState
 from .testing.feed import CHANNELS, DEFAULT_SYMBOLS, FeedServer
 from .testing.proxy import ChaosProxy
+from .testing.replay import ReplayServer
 from .testing.venue import VenueRules, VenueServer, VenueTrade
 
 __all__ = ["EXIT_CODES", "main"]
@@ -160,11 +166,88 @@ def _stream_count(text: str) -> int:
     return value
 
 
+def _speed(text: str) -> float | Literal["max"]:
+    if text == "max":
+        return "max"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a factor such as 1 or 10, or max, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive factor (1: real time) or max, got {text!r}")
+    return value
+
+
 def _symbols(text: str) -> tuple[str, ...]:
     symbols = tuple(s.strip() for s in text.split(",") if s.strip())
     if not symbols:
         raise argparse.ArgumentTypeError("expected a comma-separated list such as BTC-USD,ETH-USD")
     return symbols
+
+
+def _add_client_args(parser: argparse.ArgumentParser) -> None:
+    """The connection's options, shared by ``listen`` and ``record``."""
+    parser.add_argument(
+        "--subscribe",
+        type=_json_message,
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="a message to send on every (re)connect, e.g. "
+        '\'{"op": "subscribe", "channel": "trades", "symbol": "BTC-USD"}\' (repeatable)',
+    )
+    parser.add_argument(
+        "--header",
+        type=_header,
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="an HTTP header for the handshake (repeatable; values never appear in logs)",
+    )
+    parser.add_argument(
+        "--ping-interval", type=_positive, default=15.0, metavar="S", help="seconds between pings (15)"
+    )
+    parser.add_argument(
+        "--ping-timeout", type=_positive, default=10.0, metavar="S", help="seconds to wait for a pong (10)"
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_positive,
+        default=None,
+        metavar="S",
+        help="the server's or proxy's idle cut-off; the ping interval must be below it",
+    )
+    parser.add_argument(
+        "--receive-timeout",
+        type=_positive,
+        default=None,
+        metavar="S",
+        help="declare the link dead after S seconds without a frame",
+    )
+    parser.add_argument(
+        "--heartbeat-mode",
+        choices=("protocol", "message", "off"),
+        default="protocol",
+        help="protocol: RFC 6455 pings; message: send --ping-message and treat a pong frame as the "
+        "reply; off: no pings (default: protocol)",
+    )
+    parser.add_argument(
+        "--ping-message",
+        default='{"op": "ping"}',
+        metavar="TEXT",
+        help="the application ping of --heartbeat-mode message (default: %(default)s); the reply is "
+        'the text "pong" or a JSON object whose op, type or event is "pong"',
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=_count,
+        default=3,
+        metavar="N",
+        help="give up after N consecutive failed attempts (default: 3; 0: never give up)",
+    )
+    parser.add_argument(
+        "--max-delay", type=_positive, default=30.0, metavar="S", help="cap on one backoff delay (30)"
+    )
 
 
 def _build_parser() -> _Parser:
@@ -219,71 +302,32 @@ def _build_parser() -> _Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     listen.add_argument("url", metavar="URL", help="ws:// or wss:// URL")
-    listen.add_argument(
-        "--subscribe",
-        type=_json_message,
-        action="append",
-        default=[],
-        metavar="JSON",
-        help="a message to send on every (re)connect, e.g. "
-        '\'{"op": "subscribe", "channel": "trades", "symbol": "BTC-USD"}\' (repeatable)',
-    )
-    listen.add_argument(
-        "--header",
-        type=_header,
-        action="append",
-        default=[],
-        metavar="'NAME: VALUE'",
-        help="an HTTP header for the handshake (repeatable; values never appear in logs)",
-    )
-    listen.add_argument(
-        "--ping-interval", type=_positive, default=15.0, metavar="S", help="seconds between pings (15)"
-    )
-    listen.add_argument(
-        "--ping-timeout", type=_positive, default=10.0, metavar="S", help="seconds to wait for a pong (10)"
-    )
-    listen.add_argument(
-        "--idle-timeout",
-        type=_positive,
-        default=None,
-        metavar="S",
-        help="the server's or proxy's idle cut-off; the ping interval must be below it",
-    )
-    listen.add_argument(
-        "--receive-timeout",
-        type=_positive,
-        default=None,
-        metavar="S",
-        help="declare the link dead after S seconds without a frame",
-    )
-    listen.add_argument(
-        "--heartbeat-mode",
-        choices=("protocol", "message", "off"),
-        default="protocol",
-        help="protocol: RFC 6455 pings; message: send --ping-message and treat a pong frame as the "
-        "reply; off: no pings (default: protocol)",
-    )
-    listen.add_argument(
-        "--ping-message",
-        default='{"op": "ping"}',
-        metavar="TEXT",
-        help="the application ping of --heartbeat-mode message (default: %(default)s); the reply is "
-        'the text "pong" or a JSON object whose op, type or event is "pong"',
-    )
-    listen.add_argument(
-        "--max-retries",
-        type=_count,
-        default=3,
-        metavar="N",
-        help="give up after N consecutive failed attempts (default: 3; 0: never give up)",
-    )
-    listen.add_argument(
-        "--max-delay", type=_positive, default=30.0, metavar="S", help="cap on one backoff delay (30)"
-    )
+    _add_client_args(listen)
     listen.add_argument(
         "--output", choices=("pretty", "json"), default="pretty", help="pretty lines or JSON lines"
     )
     listen.add_argument("--count", type=_count, default=0, metavar="N", help="exit 0 after N frames")
+
+    record = commands.add_parser(
+        "record",
+        help="record a WebSocket endpoint's frames and disconnects to a file, for replaying",
+        description="Connect to URL as listen does (the --subscribe messages sent again after every "
+        "reconnect) and write every inbound frame with its arrival time, and every connect and "
+        "disconnect (close code and reason), as JSON lines to --out (gzip when the name ends in .gz). "
+        "Play it back with `wsclient serve --replay FILE` or wsclient.testing.ReplayServer. Ctrl-C or "
+        "SIGTERM closes the connection and finishes the file; it is readable at any point.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    record.add_argument("url", metavar="URL", help="ws:// or wss:// URL")
+    record.add_argument(
+        "--out", required=True, metavar="FILE", help="the recording, e.g. feed.jsonl.gz (.gz: compressed)"
+    )
+    record.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    until = record.add_mutually_exclusive_group()
+    until.add_argument("--duration", type=_positive, default=None, metavar="S", help="stop after S seconds")
+    until.add_argument("--count", type=_count, default=0, metavar="N", help="stop after N frames")
+    _add_client_args(record)
 
     serve = commands.add_parser(
         "serve",
@@ -297,9 +341,40 @@ def _build_parser() -> _Parser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8765, help="feed port (8765; 0: any free port)")
-    serve.add_argument("--rate", type=_positive, default=20.0, help="messages/s per stream (20)")
-    serve.add_argument("--symbols", type=_symbols, default=DEFAULT_SYMBOLS, help="comma-separated symbols")
-    serve.add_argument("--seed", type=int, default=1, help="seed of the feed's content")
+    serve.add_argument("--rate", type=_positive, default=None, help="messages/s per stream (20)")
+    serve.add_argument(
+        "--symbols",
+        type=_symbols,
+        default=None,
+        help=f"comma-separated symbols ({','.join(DEFAULT_SYMBOLS)})",
+    )
+    serve.add_argument("--seed", type=int, default=None, help="seed of the feed's content (1)")
+    serve.add_argument(
+        "--replay",
+        default=None,
+        metavar="FILE",
+        help="serve a recording made by `wsclient record` instead of the fake feed: every client gets "
+        "the recorded frames with their recorded spacing, and the recorded disconnects",
+    )
+    serve.add_argument(
+        "--speed",
+        type=_speed,
+        default=None,
+        help="replay pace: a factor of the recorded one (1: real time, 10) or max (as fast as the "
+        "client reads); default 1 (needs --replay)",
+    )
+    serve.add_argument(
+        "--no-disconnects",
+        action="store_true",
+        help="replay every frame on every connection, without the recorded disconnects (needs --replay)",
+    )
+    serve.add_argument(
+        "--start",
+        choices=("connect", "message"),
+        default=None,
+        help="begin a connection's replay at its handshake (connect, the default) or at the client's "
+        "first message (message; needs --replay)",
+    )
     serve.add_argument("--proxy-port", type=_port, default=None, help="also run a ChaosProxy on this port")
     serve.add_argument(
         "--idle-cutoff",
@@ -319,8 +394,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``wsclient`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    if args.command == "serve" and args.idle_cutoff is not None and args.proxy_port is None:
-        parser.error("--idle-cutoff needs --proxy-port (it is the proxy's idle cut-off)")
+    if args.command == "serve":
+        if args.idle_cutoff is not None and args.proxy_port is None:
+            parser.error("--idle-cutoff needs --proxy-port (it is the proxy's idle cut-off)")
+        if args.replay is None:
+            for given, flag in (
+                (args.speed, "--speed"),
+                (args.no_disconnects, "--no-disconnects"),
+                (args.start, "--start"),
+            ):
+                if given:
+                    parser.error(f"{flag} needs --replay (it sets how a recording is played)")
+        else:
+            for given, flag in ((args.rate, "--rate"), (args.symbols, "--symbols"), (args.seed, "--seed")):
+                if given is not None:
+                    parser.error(f"{flag} is for the fake feed; --replay plays the recording as it is")
     if args.command == "demo":
         if args.pool and args.symbols is not None:
             parser.error("--symbols is for the feed scene; the pool scene takes --streams")
@@ -332,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace, asyncio.Event], Awaitable[int]] = {
         "demo": _demo,
         "listen": _listen,
+        "record": _record,
         "serve": _serve,
         "feed": _feed,
         "tail": _tail,
@@ -547,11 +636,88 @@ async def _listen(args: argparse.Namespace, stop: asyncio.Event) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------- record
+
+
+async def _record(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    path = Path(args.out)
+    # Built before the file is created: a bad URL or option leaves nothing behind.
+    client = Client(args.url, config=_listen_config(args), headers=dict(args.header))
+    for message in args.subscribe:
+        client.subscribe(message)
+    try:
+        writer = RecordingWriter(path, args.url, overwrite=args.force)
+    except FileExistsError:
+        raise CliError(
+            f"{path} exists: choose another --out, or pass --force to overwrite it", EXIT_USAGE
+        ) from None
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {_os_error(exc)}", EXIT_ERROR) from None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    timer = loop.call_later(args.duration, stop.set) if args.duration is not None else None
+    limit = args.count
+
+    def on_frame(frame: str | bytes) -> None:
+        if limit and writer.frames >= limit:
+            return  # frames read while the client closes are past the count
+        writer.frame(frame)
+        if limit and writer.frames >= limit:
+            stop.set()
+
+    client.on_message(on_frame)
+    client.on_event(writer.on_event)
+
+    @client.on_event
+    def report(event: ClientEvent) -> None:
+        line = _event_line(event)
+        if line is not None:
+            sys.stderr.write(f"wsclient: {line}\n")
+            sys.stderr.flush()
+
+    failure: BaseException | None = None
+    try:
+        await client.start()
+        closed = asyncio.ensure_future(client.wait_closed())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not closed.done():
+                await client.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(closed, return_exceptions=True)
+        failure = closed.exception() if not closed.cancelled() else None
+    finally:
+        # Also on a second Ctrl-C: whatever was recorded stays readable, with its end line.
+        if timer is not None:
+            timer.cancel()
+        writer.close()
+    print(
+        f"recorded {writer.frames} frame{'s' if writer.frames != 1 else ''}, {writer.connections} "
+        f"connection{'s' if writer.connections != 1 else ''}, {writer.disconnects} "
+        f"disconnect{'s' if writer.disconnects != 1 else ''} in {loop.time() - started:.1f}s to {path}",
+        flush=True,
+    )
+    if isinstance(failure, GaveUpError):
+        raise _gave_up(client, failure)
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------------- serve
 
 
 async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    feed = FeedServer(args.host, args.port, rate=args.rate, symbols=args.symbols, seed=args.seed)
+    if args.replay is not None:
+        return await _serve_replay(args, stop)
+    feed = FeedServer(
+        args.host,
+        args.port,
+        rate=args.rate if args.rate is not None else 20.0,
+        symbols=args.symbols if args.symbols is not None else DEFAULT_SYMBOLS,
+        seed=args.seed if args.seed is not None else 1,
+    )
     try:
         await feed.start()
     except OSError as exc:
@@ -559,17 +725,7 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     proxy: ChaosProxy | None = None
     try:
         print(f"feed   {feed.url}", flush=True)
-        if args.proxy_port is not None:
-            proxy = ChaosProxy(feed.host, feed.port, host=args.host, port=args.proxy_port)
-            try:
-                await proxy.start()
-            except OSError as exc:
-                raise CliError(
-                    f"cannot listen on {args.host}:{args.proxy_port}: {_os_error(exc)}", EXIT_ERROR
-                ) from None
-            proxy.idle_timeout = args.idle_cutoff
-            cut = f" (closes links idle for {args.idle_cutoff:g}s)" if args.idle_cutoff else ""
-            print(f"proxy  {proxy.url(feed.path)}{cut}", flush=True)
+        proxy = await _serve_proxy(args, feed.host, feed.port, feed.path)
         symbol = feed.symbols[0]
         print(
             f'subscribe with {{"op": "subscribe", "channel": "trades", "symbol": "{symbol}"}} '
@@ -581,6 +737,70 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
         if proxy is not None:
             await proxy.stop()
         await feed.stop()
+    return EXIT_OK
+
+
+async def _serve_proxy(args: argparse.Namespace, host: str, port: int, path: str) -> ChaosProxy | None:
+    """The ``--proxy-port`` ChaosProxy in front of ``host:port``, started and announced; or None."""
+    if args.proxy_port is None:
+        return None
+    proxy = ChaosProxy(host, port, host=args.host, port=args.proxy_port)
+    try:
+        await proxy.start()
+    except OSError as exc:
+        raise CliError(
+            f"cannot listen on {args.host}:{args.proxy_port}: {_os_error(exc)}", EXIT_ERROR
+        ) from None
+    proxy.idle_timeout = args.idle_cutoff
+    cut = f" (closes links idle for {args.idle_cutoff:g}s)" if args.idle_cutoff else ""
+    print(f"proxy  {proxy.url(path)}{cut}", flush=True)
+    return proxy
+
+
+async def _serve_replay(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    try:
+        server = ReplayServer(
+            args.replay,
+            args.host,
+            args.port,
+            speed=args.speed if args.speed is not None else 1.0,
+            disconnects=not args.no_disconnects,
+            start=args.start or "connect",
+        )
+    except FileNotFoundError:
+        raise CliError(f"--replay {args.replay}: no such file", EXIT_USAGE) from None
+    except (RecordingError, OSError) as exc:
+        raise CliError(f"--replay {args.replay}: {exc}", EXIT_USAGE) from None
+    try:
+        await server.start()
+    except OSError as exc:
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {_os_error(exc)}", EXIT_ERROR) from None
+    proxy: ChaosProxy | None = None
+    try:
+        recording = server.recording
+        frames = len(recording.frames)
+        segments = recording.segments
+        drops = sum(1 for s in segments if s.end is not None)
+        speed = "max" if server.speed == "max" else f"{server.speed:g}x"
+        how = (
+            f"{len(segments)} connection{'s' if len(segments) != 1 else ''}, {drops} "
+            f"disconnect{'s' if drops != 1 else ''} reproduced"
+            if server.disconnects
+            else "all on every connection, no disconnects"
+        )
+        print(f"replay {server.url}", flush=True)
+        proxy = await _serve_proxy(args, server.host, server.port, "/")
+        cut = "" if recording.complete else "; the recording was cut short"
+        print(
+            f"{frames} frame{'s' if frames != 1 else ''} recorded from {recording.url} at "
+            f"{recording.started} ({how}; speed {speed}{cut}); Ctrl-C stops",
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        if proxy is not None:
+            await proxy.stop()
+        await server.stop()
     return EXIT_OK
 
 

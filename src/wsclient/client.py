@@ -127,7 +127,11 @@ class Client:
         elif headers is not None:
             plain_headers = dict(headers)
         config = self._config = config if config is not None else _DEFAULT_CONFIG
-        redactor = self._redactor = Redactor((*connection_secrets(url, plain_headers), *extra))
+        # The proxy's password (and its Basic token) are masked like the server's credentials.
+        proxy_secrets = connection_secrets(config.proxy, {}) if isinstance(config.proxy, str) else []
+        redactor = self._redactor = Redactor(
+            (*connection_secrets(url, plain_headers), *extra, *proxy_secrets)
+        )
         self._safe_url = (
             f"<url from {_name(url_source)}()>" if url_source is not None else redactor.text(redact_url(url))
         )

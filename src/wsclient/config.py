@@ -8,9 +8,10 @@ connection.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 import ssl
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Generator, Hashable
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
@@ -18,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from .codec import Codec
 from .errors import ConfigError
+from .policy import Decision, Failure
+from .redact import redact_url
+from .transport.proxy import check_proxy_setting
 
 __all__ = [
     "VENUE_PROFILES",
@@ -105,6 +109,21 @@ class Reconnect(BaseModel):
     The count of consecutive failed attempts only resets after a connection stayed open
     ``reset_after`` seconds, so a server that accepts and drops at once sees growing delays, never a
     tight loop.
+
+    ``classify`` is for venues with their own close codes: a function of a
+    :class:`~wsclient.policy.Failure` (close code and reason, HTTP status and headers, the exception)
+    that returns a :class:`~wsclient.policy.Decision` (``Decision.retry()``,
+    ``Decision.retry(after=seconds)``, ``Decision.fatal(reason)``), or ``None`` for the default rules
+    (``fatal_close_codes``, ``fatal_statuses``…). It runs before them, so it may also retry what they
+    call fatal. A classifier that raises is logged and the default rules apply::
+
+        def centrifuge(failure: Failure) -> Decision | None:
+            code = failure.close_code
+            if failure.by_peer and code is not None and (3500 <= code < 4000 or 4500 <= code < 5000):
+                return Decision.fatal(f"the server said not to reconnect ({code})")
+            return None
+
+        Reconnect(classify=centrifuge)
     """
 
     model_config = _FROZEN
@@ -139,6 +158,28 @@ class Reconnect(BaseModel):
     fatal_statuses: frozenset[int] = Field(
         DEFAULT_FATAL_STATUSES, description="Handshake HTTP statuses that stop reconnecting."
     )
+    classify: Callable[[Failure], Decision | None] | None = Field(
+        None,
+        description="A function of a Failure returning a Decision (retry, retry after N seconds, "
+        "fatal) or None for the default rules; asked first on every failure.",
+    )
+
+    @field_validator("classify", mode="before")
+    @classmethod
+    def _check_classify(cls, value: object) -> object:
+        if value is None:
+            return value
+        if not callable(value):
+            raise ValueError(
+                f"reconnect.classify must be a function of a Failure returning a Decision or None, got "
+                f"{type(value).__name__}: pass the function itself, e.g. Reconnect(classify=my_rules)"
+            )
+        if inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(type(value).__call__):
+            raise ValueError(
+                "reconnect.classify must be a plain (sync) function: it decides between two attempts "
+                "and must not wait on I/O; compute what it needs beforehand"
+            )
+        return value
 
     @field_validator("jitter")
     @classmethod
@@ -336,7 +377,10 @@ class PingReply(BaseModel):
 class ClientConfig(BaseModel):
     """Everything about a :class:`~wsclient.Client` but its URL and headers."""
 
-    model_config = _FROZEN
+    # A rejected value is not quoted back: the proxy URL may hold a password.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", arbitrary_types_allowed=True, hide_input_in_errors=True
+    )
 
     heartbeat: Heartbeat = Field(default_factory=Heartbeat)
     reconnect: Reconnect = Field(default_factory=Reconnect)
@@ -362,6 +406,13 @@ class ClientConfig(BaseModel):
     user_agent: str | None = Field(None, description="User-Agent header; None: the library's.")
     ssl_context: ssl.SSLContext | None = Field(
         None, description="TLS settings for wss://; default: system trust store, verification on."
+    )
+    proxy: str | Literal[False] | None = Field(
+        None,
+        description="Proxy of every connection: a URL, http:// (CONNECT), socks5://, socks5h:// (the "
+        "proxy resolves names), socks4://, socks4a://, with user:password@ if it wants them; None: from "
+        "the environment (HTTPS_PROXY for wss://, HTTP_PROXY for ws://, ALL_PROXY, NO_PROXY), as curl "
+        "reads it; False: never.",
     )
     inbound_queue: int = Field(
         10_000, ge=1, description="Frames buffered between the reader and the handlers."
@@ -399,6 +450,16 @@ class ClientConfig(BaseModel):
         "websockets",
         description='Transport backend: "websockets", or "picows" (faster; pip install \'wsclient[fast]\').',
     )
+
+    @field_validator("proxy", mode="before")
+    @classmethod
+    def _check_proxy(cls, value: object) -> object:
+        return check_proxy_setting(value)
+
+    def __repr_args__(self) -> Generator[tuple[str | None, Any], None, None]:
+        # The proxy's password stays out of reprs and str(), like every other credential.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "proxy" and isinstance(value, str) else value
 
     @field_validator("transport")
     @classmethod

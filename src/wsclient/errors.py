@@ -20,6 +20,7 @@ __all__ = [
     "LinkDead",
     "OutboxFullError",
     "PeerNotReading",
+    "ProxyError",
     "RequestTimeout",
     "TransportClosed",
     "UnsafeRedirect",
@@ -111,6 +112,43 @@ class UnsafeRedirect(HandshakeFailed):
     """The handshake was redirected where wsclient will not follow: from ``wss://`` to plain text,
     or to a scheme other than ws/wss/http/https. Fatal by default: retrying leads to the same place.
     """
+
+
+class ProxyError(HandshakeFailed):
+    """The proxy did not open the tunnel to the server: unreachable, refused, or not speaking its
+    protocol.
+
+    ``proxy`` is the proxy's URL with its password masked. A refusal carries what the proxy said:
+    ``status`` and ``headers`` of an HTTP proxy's answer to ``CONNECT`` (407, 403, 502…), or
+    ``code``, a SOCKS reply code. ``fatal`` is true when the proxy refused the credentials (HTTP
+    407, or 401 as some send; a SOCKS authentication failure): retrying cannot help, so the client
+    gives up like it does for a server's 401. Every other proxy failure is retried with backoff, and
+    a ``Retry-After`` on the proxy's answer is honoured like a server's.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        proxy: str,
+        status: int | None = None,
+        code: int | None = None,
+        fatal: bool = False,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(message)
+        self.proxy = proxy
+        self.status = status
+        self.code = code
+        self.fatal = fatal
+        self.headers: dict[str, str] = {k.lower(): v for k, v in (headers or {}).items()}
+        self.body = body
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds to wait according to the proxy's ``Retry-After`` header, if it sent one."""
+        return parse_retry_after(self.headers.get("retry-after"))
 
 
 class RefreshFailed(HandshakeFailed):

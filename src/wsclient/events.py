@@ -42,6 +42,8 @@ class Connected:
     subprotocol: str | None
     reconnect: bool
     """False for the first connection of this client."""
+    proxy: str | None = None
+    """The proxy the connection goes through, its password masked; None: direct."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,7 @@ ClientEvent = (
     | Closed
     | MessageDropped
 )
+"""Any event a client gives its ``on_event`` callbacks (and ``client.events()``): match on the type."""
 
 
 @dataclass(frozen=True, slots=True)

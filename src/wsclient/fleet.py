@@ -12,11 +12,12 @@ member that came or went.
   subscribe to its streams. The gap, if any, is that time plus one subscribe, and the stream
   sequence checks downstream report it. With ``redundancy=2`` every stream already runs on a second
   member, and nothing is lost.
-* A member that joins: it subscribes to its share at once; the members that carried those streams
-  keep them ``handoff`` seconds longer (make-before-break). JetStream's duplicate window drops the
-  copies published during the overlap, as long as the sinks give the same message ids.
+* A member that joins: it subscribes to its share at once, and lists in its key's value the streams
+  its pool delivers (``Pool.delivering``). The members that carried those streams keep them until
+  a new owner lists them, at most ``handoff`` seconds (make-before-break). JetStream's duplicate
+  window drops the copies published during the overlap, as long as the sinks give the same ids.
 * A member that leaves cleanly (:meth:`Fleet.close`) removes its key, so the others take over at
-  their next renewal instead of after the lease.
+  their next renewal instead of after the lease, and keeps its streams until they list them.
 
 Pure parts (:func:`owners`, :func:`share`) are plain functions, testable without a server.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -115,8 +117,8 @@ class Fleet:
         member: This member's id (unique in the fleet); host, pid and a random suffix by default.
         redundancy: How many members carry each stream (at most the number of live members).
         lease: Seconds a member stays in the fleet without renewing.
-        handoff: Seconds a stream stays here after another member took it over; ``lease`` by
-            default.
+        handoff: The longest a stream stays here after another member took it over, waiting for
+            the new owner to deliver it; ``3 * lease`` by default.
     """
 
     def __init__(
@@ -149,13 +151,14 @@ class Fleet:
         self.member = _KEY.sub("_", member or default)
         self.redundancy = redundancy
         self.lease = lease
-        self.handoff = lease if handoff is None else handoff
+        self.handoff = 3 * lease if handoff is None else handoff
         self._nc: NatsClient | None = None
         self._kv: KeyValue | None = None
         self._task: asyncio.Task[None] | None = None
         self._members: tuple[str, ...] = ()
         self._mine: set[str] = set()  # what the pool carries for the fleet
-        self._leaving: dict[str, asyncio.TimerHandle] = {}
+        self._leaving: dict[str, float] = {}  # stream -> when another member became its owner
+        self._live: dict[str, frozenset[str]] = {}  # member -> the streams it says it delivers
         self._changed = asyncio.Event()
         self._limiter = LogLimiter(burst=3)
         self._taken = self._released = self._renewals = self._failures = 0
@@ -165,7 +168,8 @@ class Fleet:
         return f"$KV.{self.name}."
 
     async def start(self) -> None:
-        """Join: connect, take a lease, add this member's share to the pool."""
+        """Join: connect, take a lease, and a third of the lease later (when the members that
+        started with this one are known) add this member's share to the pool."""
         if self._task is not None:
             return
         self._nc = await nats.connect(
@@ -176,6 +180,10 @@ class Fleet:
             self._kv = await js.create_key_value(bucket=self.name, ttl=self.lease, history=1)
         except BadRequestError:  # the bucket exists (made by another member): use it as it is
             self._kv = await js.key_value(self.name)
+        # Announce first, take streams one renewal period later: members started together see each
+        # other by then, instead of each subscribing to everything and handing most of it back.
+        await self._renew(apply=False)
+        await asyncio.sleep(self.lease / 3)
         await self._renew()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="wsclient-fleet")
 
@@ -189,22 +197,38 @@ class Fleet:
         await self.close()
 
     async def close(self) -> None:
-        """Leave: stop renewing and remove the lease, so that the others take over at once. The
-        pool's streams are left to the pool (close it next)."""
+        """Leave, make-before-break: stop renewing and remove the lease, so that the others take
+        this member's streams at their next renewal, and keep carrying them until the new owners
+        deliver them (at most ``handoff`` seconds). The pool's streams are left to the pool: close
+        it next."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        for handle in self._leaving.values():
-            handle.cancel()
-        self._leaving.clear()
         nc, self._nc = self._nc, None
-        if nc is not None:
+        if nc is None:
+            return
+        try:
+            js = nc.jetstream()
             with contextlib.suppress(Exception):  # gone anyway once the lease runs out
-                js = nc.jetstream()
                 await js.purge_stream(f"KV_{self.name}", subject=self._subject_prefix + self.member)
+                others = tuple(m for m in self._members if m != self.member)
+                if others and self._mine:
+                    await self._hand_over(others)
+        finally:
+            self._leaving.clear()
             with contextlib.suppress(Exception):
                 await nc.close()
+
+    async def _hand_over(self, others: tuple[str, ...]) -> None:
+        """Wait (bounded by ``handoff``) until every stream here is delivered by its new owner."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.handoff
+        pending = set(self._mine)
+        while pending and loop.time() < deadline:
+            await asyncio.sleep(min(self.lease / 6, max(deadline - loop.time(), 0.0)))
+            await self._read_live(others)
+            pending = {s for s in pending if not self._taken_over(s, others)}
 
     @property
     def stats(self) -> FleetStats:
@@ -240,10 +264,12 @@ class Fleet:
             await asyncio.sleep(period)
             await self._renew()
 
-    async def _renew(self) -> None:
+    async def _renew(self, *, apply: bool = True) -> None:
         assert self._kv is not None and self._nc is not None
+        delivering = self.pool.delivering
+        live = sorted(s for s in self._mine if delivering(s))
         try:
-            await self._kv.put(self.member, b"1")
+            await self._kv.put(self.member, json.dumps(live, separators=(",", ":")).encode())
             self._renewals += 1
             info = await self._nc.jetstream().stream_info(
                 f"KV_{self.name}", subjects_filter=self._subject_prefix + ">"
@@ -254,6 +280,8 @@ class Fleet:
             self._failures += 1
             _log.warning("fleet %s: lease renewal failed (%s)", self.name, exc)
             return
+        if not apply:
+            return
         prefix = len(self._subject_prefix)
         members = tuple(sorted(s[prefix:] for s in (info.state.subjects or {})))
         if self.member not in members:  # our own put is there, unless it expired meanwhile
@@ -263,25 +291,56 @@ class Fleet:
             self._members = members
             self._apply(share(self.streams, members, self.member, self.redundancy))
             self._changed.set()
+        if self._leaving:
+            await self._release_taken_over()
+
+    async def _read_live(self, members: Iterable[str]) -> None:
+        """What each of ``members`` says it delivers (the value of its key)."""
+        assert self._kv is not None
+        for member in members:
+            try:
+                entry = await self._kv.get(member)
+                self._live[member] = frozenset(json.loads(entry.value or b"[]"))
+            except Exception:  # gone, or not a list (an older member): it delivers nothing known
+                self._live[member] = frozenset()
+
+    def _taken_over(self, stream: str, members: Sequence[str]) -> bool:
+        """Whether a member other than this one that owns ``stream`` says it delivers it."""
+        return any(
+            stream in self._live.get(m, ())
+            for m in owners(stream, members, self.redundancy)
+            if m != self.member
+        )
+
+    async def _release_taken_over(self) -> None:
+        """Hand over the streams the new owners deliver now, or that waited ``handoff`` for it."""
+        now = asyncio.get_running_loop().time()
+        new_owners = {m for s in self._leaving for m in owners(s, self._members, self.redundancy)}
+        await self._read_live(new_owners - {self.member})
+        for stream, since in list(self._leaving.items()):
+            late = now - since >= self.handoff
+            if self._taken_over(stream, self._members) or late:
+                if late:
+                    _log.warning(
+                        "fleet %s: %s handed over without a sign of its new owner", self.name, stream
+                    )
+                self._release(stream)
 
     def _apply(self, wanted: set[str]) -> None:
         for stream in wanted & self._leaving.keys():
-            self._leaving.pop(stream).cancel()  # ours again before it left: it stays
+            del self._leaving[stream]  # ours again before it left: it stays
         add = wanted - self._mine
         if add:
             _log.info("fleet %s: taking %d stream(s)", self.name, len(add))
             self.pool.add_streams(sorted(add))
             self._mine |= add
             self._taken += len(add)
-        loop = asyncio.get_running_loop()
+        now = asyncio.get_running_loop().time()
         for stream in self._mine - wanted:
-            if stream not in self._leaving:
-                self._leaving[stream] = loop.call_later(self.handoff, self._release, stream)
+            self._leaving.setdefault(stream, now)
 
     def _release(self, stream: str) -> None:
         self._leaving.pop(stream, None)
-        if stream in share((stream,), self._members, self.member, self.redundancy):
-            return  # ours again
         self._mine.discard(stream)
         self._released += 1
         with contextlib.suppress(Exception):  # a pool closing meanwhile: nothing to hand over

@@ -7,8 +7,8 @@ only what a connection needs on its own:
 * one task, the reader, pumping the transport into the inbound receiver;
 * timers, no tasks, for the heartbeat and the silence watchdog (an idle asyncio task costs ~2.3 KiB,
   a timer handle a tenth of that). The rules they apply are :class:`~wsclient.heartbeat.Liveness`'s;
-* :attr:`done`, a future that receives the cause of death once: the reader's end, a dead-link
-  verdict, a failed write reported by the outbound part, or :meth:`fail` from anyone else.
+* :attr:`Link.done`, a future that receives the cause of death once: the reader's end, a dead-link
+  verdict, a failed write reported by the outbound part, or :meth:`Link.fail` from anyone else.
 
 Pings are written at once, never behind a full send buffer (``Transport.ping_nowait``), and a pong
 that has arrived is a pong even if its timer fired first: before a verdict, the loop gets a turn to
@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic_core import from_json
 
@@ -83,6 +83,7 @@ class Link:
         "opened_at",
         "ping_replies",
         "pong_watch",
+        "proxy",
         "redactor",
         "transport",
         "url",
@@ -110,6 +111,8 @@ class Link:
         self.transport: Transport | None = None
         self.url = ""
         """The URL connected to (after redirects), credentials masked."""
+        self.proxy: str | None = None
+        """The proxy the connection goes through, its password masked; None: direct."""
         self.redactor: Redactor | None = None
         self.liveness: Liveness | None = None
         self.opened_at: float | None = None
@@ -183,16 +186,19 @@ class Link:
         max_redirects: int,
         redactor: Redactor,
         log: Log,
+        proxy: str | Literal[False] | None = False,
     ) -> None:
-        """The handshake (redirects followed, within ``open_timeout``); raises what failed it."""
+        """The handshake (through ``proxy``, redirects followed, within ``open_timeout``); raises what
+        failed it."""
         opened = await open_connection(
-            connector, options, max_redirects=max_redirects, redactor=redactor, log=log
+            connector, options, max_redirects=max_redirects, redactor=redactor, log=log, proxy=proxy
         )
         if self.budgets is not None:  # only a venue's limits need it (the age rotation)
             self.connected_at = self._loop.time()
         self.transport = opened.transport
         self.redactor = opened.redactor
         self.url = opened.redactor.text(redact_url(opened.url))
+        self.proxy = opened.proxy
         self.advance(LinkEvent.OPENED)
 
     def start(self, sink: Sink) -> None:

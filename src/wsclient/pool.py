@@ -318,6 +318,16 @@ class Pool:
                 return shard.index
         return None
 
+    def delivering(self, stream: str) -> bool:
+        """Whether ``stream`` is in the pool and flowing: with ``dedup_key``, a message of it was
+        delivered since it was added; without one (nothing to tell it by), its connection is open."""
+        for shard in self._shards:
+            if stream in shard.of:
+                if self.dedup is not None:
+                    return self.dedup.sequences.last(stream) is not None
+                return shard.client.state is ConnectionState.OPEN
+        return False
+
     def add_streams(self, streams: Iterable[str], *, stale_after: float | None = None) -> None:
         """Add streams (those already in the pool are ignored), packed first-fit into the shards.
 

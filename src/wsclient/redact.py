@@ -111,7 +111,8 @@ _SECRET_QUERY_VALUE = re.compile(
     r"[^=&\s]*=)[^&\s#]*",
     re.IGNORECASE,
 )
-_USERINFO = re.compile(r"(wss?://[^/\s:@]*:)[^@/\s]*@", re.IGNORECASE)
+# Any scheme: a proxy's URL (http://, socks5h://) carries a password as often as a server's.
+_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@/\s]*@", re.IGNORECASE)
 
 
 class Redactor:

@@ -221,6 +221,7 @@ class CallbackFailed:
 
 
 ResyncOutcome = Synced | GapDetected | ResyncFailed | BufferOverflow | CallbackFailed
+"""Any outcome a :class:`Resync` reports to its ``on_outcome`` callback."""
 
 
 @dataclass(slots=True)

@@ -307,6 +307,7 @@ class Supervisor:
             max_redirects=self._config.max_redirects,
             redactor=self._redactor,
             log=self._log,
+            proxy=self._config.proxy,
         )
 
     async def _open_link(self, link: Link) -> BaseException | None:
@@ -359,10 +360,12 @@ class Supervisor:
     def _judge(self, link: Link, cause: BaseException, backoff: Backoff) -> float | None:
         """Classify ``cause``, move the state, tell the application; the delay, or None to give up."""
         config = self._config
-        verdict = classify(cause, config.reconnect)
+        verdict = classify(cause, config.reconnect, self._log, self._redactor.text)
         reason = self._redactor.text(verdict.reason)
         opened = link.opened_at is not None
-        delay = backoff.next_delay(verdict.retry_after)  # counts the attempt, fatal or not
+        # Counts the attempt, fatal or not; a delay the application's classifier chose replaces the
+        # backoff's, within the same attempt budget.
+        delay = backoff.next_delay(verdict.retry_after, exact=verdict.delay)
         if not verdict.retry:
             delay = None
         will_retry = delay is not None
@@ -376,7 +379,7 @@ class Supervisor:
         else:
             status = cause.status if isinstance(cause, HandshakeRejected) else None
             asked = verdict.retry_after
-            if asked is not None and delay is not None and asked > delay:
+            if asked is not None and delay is not None and asked > delay and verdict.delay is None:
                 outcome += f" (the server asked for {asked:g}s: capped by max_retry_after)"
             self._log.warning(
                 "connect attempt %d to %s failed: %s; %s", backoff.failures, self._safe_url, reason, outcome
@@ -429,9 +432,12 @@ class Supervisor:
             due = born + age - limits.rotation_overlap - now
             self._arm_age(link, max(0.0, due))
         self._session.counters.connects += 1
-        self._log.info("connection %d open to %s", link.id, link.url)
+        if link.proxy is not None:
+            self._log.info("connection %d open to %s through proxy %s", link.id, link.url, link.proxy)
+        else:
+            self._log.info("connection %d open to %s", link.id, link.url)
         subprotocol = link.transport.subprotocol if link.transport is not None else None
-        self._callbacks.emit(Connected(link.id, link.url, subprotocol, reconnect))
+        self._callbacks.emit(Connected(link.id, link.url, subprotocol, reconnect, link.proxy))
 
     async def _close_link(self, link: Link) -> None:
         """The polite close the application asked for, bounded by ``close_timeout``."""

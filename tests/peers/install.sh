@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite runs against (`make peers`, run by `make test`):
-#   * nginx, redis-server and promtool (Debian's prometheus package), when they are absent and we are
-#     root;
+#   * nginx, redis-server, the proxies (tinyproxy, microsocks, dante-server) and promtool (the
+#     prometheus package), from Debian's packages, when they are absent and we are root;
 #   * the Node `ws` server's dependencies, with `npm ci` from package-lock.json, when node_modules is
 #     missing or older than the lock file.
 # Without root, apt-get or npm, it says so and carries on: the tests that need a missing peer skip on a
@@ -90,6 +90,28 @@ install_redis() {
     echo "peers: installed $installed ($(redis-server --version))"
 }
 
+# The proxies of tests/test_proxies.py, which start each on a free port with its own configuration:
+# tinyproxy (HTTP CONNECT, Basic auth), microsocks (SOCKS5, user/password), dante-server's danted
+# (SOCKS4; microsocks speaks only SOCKS5).
+install_proxy() {
+    local binary=$1 service=$2 package=$3
+    if command -v "$binary" >/dev/null 2>&1 || [ -x "/usr/sbin/$binary" ] || [ -x "/usr/bin/$binary" ]; then
+        return 0
+    fi
+    if ! can_apt_install; then
+        echo "peers: $binary is not installed and cannot be (needs root and apt-get): proxy tests will not run" >&2
+        return 0
+    fi
+    apt_install "$service" "$package"
+    echo "peers: installed $installed"
+}
+
+install_proxies() {
+    install_proxy tinyproxy tinyproxy tinyproxy
+    install_proxy microsocks microsocks microsocks
+    install_proxy danted danted dante-server
+}
+
 # promtool, from Debian's prometheus package: tests/test_metrics.py checks the PromQL of
 # examples/grafana-dashboard.json with it (the Prometheus server it also ships is not started).
 install_promtool() {
@@ -119,5 +141,6 @@ install_node_peer() {
 
 install_nginx
 install_redis
+install_proxies
 install_promtool
 install_node_peer

@@ -9,8 +9,9 @@ Why the order is kept: a failure or a lost acknowledgement rewinds the window to
 unacknowledged entry and sends everything from there again, in the original order ("go back N"),
 rather than retrying only the failed entry. The bus drops the copies of what it already stored (by
 message id), so the stored order is the handlers' order, also across a reconnect. Only an entry that
-the bus refused while later ones of the same key were stored on the same connection can land after
-them; that is counted in :attr:`SinkStats.reordered`.
+never reached the bus, or that it refused, while later ones of the same key were stored on the same
+connection can land after them: a refusal, or bytes lost by a middlebox on a live connection (TCP
+itself never drops them). That is counted in :attr:`SinkStats.reordered`.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ _MSG_ID = "Nats-Msg-Id"
 # refusal: {"error":{"code":503,...}}. Only these two facts are read, without a JSON parse.
 _DUPLICATE = b'"duplicate"'  # present only when true
 # A subject to publish to: dot-separated tokens, no whitespace, no wildcard, valid UTF-8.
-_SUBJECT = re.compile(r"[^\s.*>]+(?:\.[^\s.*>]+)*\Z", re.ASCII).match
+_SUBJECT = re.compile(r"[^\s.*>\ud800-\udfff]+(?:\.[^\s.*>\ud800-\udfff]+)*\Z", re.ASCII).match
 _MSG_ID_OK = re.compile(r"[^\r\n\ud800-\udfff]+\Z").match
 _ERROR = b'"error"'
 
@@ -125,7 +125,8 @@ class NatsJetStreamSink:
         stream: A stream to create (or update) on connect; ``None`` expects it to exist.
         max_pending: The window: publishes unacknowledged at a time before handlers wait.
         ack_timeout: Seconds an acknowledgement may take before the window is sent again.
-        reconnect_initial, reconnect_max: Backoff bounds (seconds) between connection attempts.
+        reconnect_initial: The first backoff delay (seconds) between connection attempts.
+        reconnect_max: The longest backoff delay (seconds) between connection attempts.
         connect_timeout: Seconds one connection attempt may take.
         ping_interval: Seconds between NATS pings, which notice a silent server (two missed end
             the connection).

@@ -113,8 +113,9 @@ class RedisStreamSink:
         batch: Most entries in one pipeline.
         ack_timeout: Seconds a pipeline's replies may take before the connection is dropped and the
             window sent again.
-        reconnect_initial, reconnect_max: Backoff bounds (seconds) between connection attempts, and
-            of the pause before an entry Redis refused is sent again.
+        reconnect_initial: The first backoff delay (seconds) between connection attempts, and of the
+            pause before an entry Redis refused is sent again.
+        reconnect_max: The longest such delay (seconds).
         connect_timeout: Seconds one connection attempt (connect and ``PING``) may take.
         ping_interval: Seconds of idleness after which the sink pings Redis, so that a lost server
             is noticed (``stats.connected``) before the next message.

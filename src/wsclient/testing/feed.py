@@ -374,6 +374,9 @@ class FeedServer:
         """Connections left hanging after a close frame by :meth:`close_and_hang`."""
         self.ping_flood_bytes = 0
         """Bytes of ping frames written by :meth:`flood_pings`."""
+        self.close_codes: list[int] = []
+        """The close code of the close frame each ended connection received from its client, in the
+        order they ended (1006: none came, the TCP connection was dropped or aborted)."""
 
         self._port = port
         self._alt_port = alt_port
@@ -966,6 +969,8 @@ class FeedServer:
                 async for frame in ws:
                     self._on_frame(client, frame)
         finally:
+            received = ws.protocol.close_rcvd
+            self.close_codes.append(received.code if received is not None else 1006)
             self._unregister(ws)
             tasks = list(client.tasks)
             for task in tasks:

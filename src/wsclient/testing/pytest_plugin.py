@@ -19,6 +19,13 @@ Fixtures (function-scoped, async; they need ``pytest-asyncio`` and work in its s
 ``make_chaos_proxy``
     An async factory for proxies: ``await make_chaos_proxy(server)`` forwards to a FeedServer (or to
     a ``(host, port)`` pair); keyword arguments go to :class:`~wsclient.testing.ChaosProxy`.
+``make_replay_server``
+    An async factory for :class:`~wsclient.testing.ReplayServer`: ``await
+    make_replay_server("tests/data/session.jsonl.gz", speed="max")`` plays a recording made with
+    ``wsclient record``; keyword arguments go to ReplayServer.
+``replay_server``
+    A started ReplayServer of the recording your ``replay_recording`` fixture names (define it in
+    your ``conftest.py`` or test module: a path, or a loaded recording), at ``speed="max"``.
 
 Everything a fixture or factory started is stopped when the test ends, proxies before servers, even
 when the test fails. Example::
@@ -33,21 +40,27 @@ when the test fails. Example::
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import pytest_asyncio
 
+from wsclient.recording import Recording
 from wsclient.testing.feed import FeedServer
 from wsclient.testing.proxy import ChaosProxy
+from wsclient.testing.replay import ReplayServer
 
 __all__ = [
     "MakeChaosProxy",
     "MakeFeedServer",
+    "MakeReplayServer",
     "chaos_proxy",
     "feed_server",
     "make_chaos_proxy",
     "make_feed_server",
+    "make_replay_server",
+    "replay_server",
 ]
 
 
@@ -71,6 +84,15 @@ class MakeChaosProxy(Protocol):
         ``upstream`` is a FeedServer (started or not: its port must be known) or a ``(host, port)``
         pair; ``options`` are ChaosProxy's keyword arguments (``host``, ``port``).
         """
+        ...
+
+
+class MakeReplayServer(Protocol):
+    """Type of the ``make_replay_server`` fixture, for annotating tests."""
+
+    async def __call__(self, recording: str | os.PathLike[str] | Recording, **options: Any) -> ReplayServer:
+        """Start and return a ReplayServer playing ``recording`` (a file or a loaded recording);
+        ``options`` are ReplayServer's keyword arguments (``speed``, ``disconnects``, ``start``…)."""
         ...
 
 
@@ -130,3 +152,30 @@ async def feed_server(make_feed_server: MakeFeedServer) -> FeedServer:
 async def chaos_proxy(make_chaos_proxy: MakeChaosProxy, feed_server: FeedServer) -> ChaosProxy:
     """A started ChaosProxy in front of ``feed_server``; connect to ``chaos_proxy.url(feed_server.path)``."""
     return await make_chaos_proxy(feed_server)
+
+
+@pytest_asyncio.fixture
+async def make_replay_server() -> AsyncIterator[MakeReplayServer]:
+    """Factory fixture: ``await make_replay_server(recording, **options)`` starts a ReplayServer; all
+    stop after the test."""
+    servers: list[ReplayServer] = []
+
+    async def factory(recording: str | os.PathLike[str] | Recording, **options: Any) -> ReplayServer:
+        server = ReplayServer(recording, **options)
+        await server.start()
+        servers.append(server)
+        return server
+
+    try:
+        yield factory
+    finally:
+        for server in reversed(servers):
+            await server.stop()
+
+
+@pytest_asyncio.fixture
+async def replay_server(
+    make_replay_server: MakeReplayServer, replay_recording: str | os.PathLike[str] | Recording
+) -> ReplayServer:
+    """A started ReplayServer of ``replay_recording`` (a fixture of yours) at ``speed="max"``."""
+    return await make_replay_server(replay_recording, speed="max")

@@ -141,6 +141,11 @@ class ConnectOptions:
     max_size: int | None = 2**20
     compression: str | None = None
     user_agent: str | None = None
+    proxy: str | None = None
+    """The proxy to tunnel through (a URL :class:`~wsclient.transport.proxy.ProxyURL` accepts), chosen
+    by :func:`~wsclient.transport.redirect.open_connection` for this URL; None: connect directly.
+    A backend opens the tunnel with :func:`~wsclient.transport.proxy.open_tunnel` and runs TLS and
+    the handshake over it."""
     secrets: tuple[str, ...] = ()
     """Strings the backend masks in its library's logs, in close reasons and handshake errors
     (:class:`~wsclient.redact.Redactor`); :func:`~wsclient.redact.connection_secrets` of the URL and

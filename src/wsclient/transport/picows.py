@@ -16,7 +16,8 @@ picows is callback-based: it parses frames straight out of its read buffer and c
 * the peer's pings answered here rather than by picows, so that pongs to a peer that reads nothing
   cannot pile up without bound (:data:`~.base.CONTROL_BACKLOG`, then
   :class:`~wsclient.errors.PeerNotReading`);
-* redirects are not followed here (see :mod:`.redirect`); picows logs on
+* redirects are not followed here (see :mod:`.redirect`), nor is picows' proxy used (see
+  :class:`_Dialer`); picows logs on
   ``wsclient.transport.picows``, masked with the connection's secrets.
 
 The connect path dials the TCP socket itself (picows' ``socket_factory``) so that a connect cancelled
@@ -67,6 +68,7 @@ from .base import (
     kernel_send_queue,
     loop_clock,
 )
+from .proxy import open_tunnel
 
 __all__ = ["PicowsTransport", "connect"]
 
@@ -672,14 +674,24 @@ class _Dialer:
 
     ``ws_connect`` leaves the connection in place when it is cancelled during the opening
     handshake; :meth:`abandon` shuts the socket down so that the transport owning it closes.
+
+    With a proxy, the socket is the tunnel :mod:`.proxy` opened (picows' own proxy support is not
+    used: it reads no environment and puts no timeout on ``CONNECT``); picows runs TLS and the
+    handshake over it as over any socket of its factory.
     """
 
-    __slots__ = ("sock",)
+    __slots__ = ("options", "sock")
 
-    def __init__(self) -> None:
+    def __init__(self, options: ConnectOptions) -> None:
         self.sock: socket.socket | None = None
+        self.options = options
 
     async def __call__(self, url: WSParsedURL) -> socket.socket:
+        options = self.options
+        if options.proxy is not None:
+            # open_tunnel closes its socket itself when it fails or is cancelled.
+            self.sock = await open_tunnel(options.proxy, options.url, user_agent=options.user_agent)
+            return self.sock
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM)
         errors: list[OSError] = []
@@ -749,7 +761,7 @@ async def connect(options: ConnectOptions) -> PicowsTransport:
         log.listener = listener
         return listener
 
-    dialer = _Dialer()
+    dialer = _Dialer(options)
     try:
         async with asyncio.timeout(options.open_timeout):
             ws, listener = await ws_connect(

@@ -16,6 +16,8 @@ needs and the library leaves to its caller:
   :class:`~wsclient.errors.TransportClosed` instead.
 * Redirects are not followed here (see :mod:`.redirect`), close reasons are masked with the
   connection's secrets, and the library logs on ``wsclient.transport.websockets``.
+* A proxy is not websockets' business either: :mod:`.proxy` opens the tunnel, and websockets gets
+  the connected socket (``sock=``), running TLS and the handshake over it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from .base import (
     kernel_send_queue,
     loop_clock,
 )
+from .proxy import open_tunnel
 
 __all__ = ["WebsocketsTransport", "connect"]
 
@@ -280,24 +283,36 @@ async def connect(options: ConnectOptions) -> WebsocketsTransport:
     if options.url.startswith("wss:") and options.ssl_context is not None:
         kwargs["ssl"] = options.ssl_context
     redactor = Redactor((*options.secrets, *connection_secrets(options.url, options.headers)))
+    sock = None
+    if options.proxy is not None:
+        # websockets would dial itself; the tunnel's socket takes its place (its `proxy` is unused).
+        sock = kwargs["sock"] = await open_tunnel(options.proxy, options.url, user_agent=options.user_agent)
     try:
-        ws = await _connect(
-            options.url,
-            additional_headers=dict(options.headers),
-            subprotocols=[s for s in options.subprotocols] or None,  # type: ignore[misc]
-            compression=options.compression,
-            open_timeout=options.open_timeout,
-            # wsclient's heartbeat is the single source of truth for liveness.
-            ping_interval=None,
-            ping_timeout=None,
-            close_timeout=options.close_timeout,
-            max_size=options.max_size,
-            proxy=None,
-            logger=RedactingLogger(_logger, redactor),
-            user_agent_header=options.user_agent or "wsclient (websockets)",
-            create_connection=_Connection,
-            **kwargs,
-        )
+        try:
+            opening = _connect(
+                options.url,
+                additional_headers=dict(options.headers),
+                subprotocols=[s for s in options.subprotocols] or None,  # type: ignore[misc]
+                compression=options.compression,
+                open_timeout=options.open_timeout,
+                # wsclient's heartbeat is the single source of truth for liveness.
+                ping_interval=None,
+                ping_timeout=None,
+                close_timeout=options.close_timeout,
+                max_size=options.max_size,
+                proxy=None,
+                logger=RedactingLogger(_logger, redactor),
+                user_agent_header=options.user_agent or "wsclient (websockets)",
+                create_connection=_Connection,
+                **kwargs,
+            )
+        except BaseException:
+            # Not started: the tunnel is still ours to close. Once awaited, asyncio's transport owns
+            # it (handed over before the first suspension) and closes it on any failure.
+            if sock is not None:
+                sock.close()
+            raise
+        ws = await opening
     except InvalidStatus as exc:
         response = exc.response
         raise HandshakeRejected(
