@@ -125,7 +125,13 @@ def register(client: Any, handler: Callable[[Any], Any], api: str, handler_kind:
 
 
 async def run_wsclient(
-    url: str, sink: Any, *, transport: str = "websockets", api: str = "typed", handler: str = "sync"
+    url: str,
+    sink: Any,
+    *,
+    transport: str = "websockets",
+    api: str = "typed",
+    handler: str = "sync",
+    metrics: bool = False,
 ) -> None:
     from wsclient import Client
 
@@ -135,6 +141,12 @@ async def run_wsclient(
     sink.on_done = lambda: finished.done() or finished.set_result(None)
     client = Client(url, config=wsclient_config(transport))
     client.on_error(lambda item, exc: errors.append(repr(exc)))
+    if metrics:  # what wsclient.metrics.prometheus attaches: handler time and queue wait per frame
+        if not hasattr(Client, "add_metrics"):
+            raise Unavailable("Client.add_metrics (wsclient.metrics) does not exist yet")
+        from wsclient.metrics import Histograms
+
+        client.add_metrics(Histograms())
     if api == "iter":  # async for msg in client.messages(*models)
         if not hasattr(Client, "messages"):
             raise Unavailable("Client.messages (async iteration) does not exist yet")
@@ -283,6 +295,14 @@ VARIANTS: dict[str, Variant] = {
     "wsclient-typed-sync": Variant("wsclient typed dispatch, sync handler", run_wsclient, {}),
     "wsclient-typed-async": Variant(
         "wsclient typed dispatch, async handler", run_wsclient, {"handler": "async"}
+    ),
+    "wsclient-typed-sync-metrics": Variant(
+        "wsclient typed, sync handler, metrics recorder attached", run_wsclient, {"metrics": True}
+    ),
+    "wsclient-typed-async-metrics": Variant(
+        "wsclient typed, async handler, metrics recorder attached",
+        run_wsclient,
+        {"handler": "async", "metrics": True},
     ),
     "wsclient-typed-iter": Variant(
         "wsclient typed, async for msg in client.messages(...)", run_wsclient, {"api": "iter"}

@@ -36,6 +36,7 @@ from .errors import ClientClosedError, ConfigError, RefreshFailed
 from .events import ClientEvent, ClientStats, StateChanged
 from .inbound import Inbound
 from .logs import ClientLog, LogLimiter
+from .metrics import Fanout, MetricsRecorder, check_recorder
 from .outbound import Outbound
 from .policy import describe
 from .redact import Redactor, connection_secrets, redact_url
@@ -85,6 +86,7 @@ class Client:
         "_inbound",
         "_log",
         "_outbound",
+        "_recorders",
         "_redactor",
         "_safe_url",
         "_session",
@@ -203,6 +205,7 @@ class Client:
         # front, and a feeder may hold hundreds of idle clients.
         self._state_waiters: list[asyncio.Future[None]] | None = None
         self._streams: list[Stream[Any]] | None = None  # made by the first messages()/events()
+        self._recorders: tuple[MetricsRecorder, ...] = ()
 
     # ------------------------------------------------------------------ registration
 
@@ -395,6 +398,31 @@ class Client:
     def subscriptions(self) -> tuple[Subscription, ...]:
         """The active subscriptions, in replay order."""
         return tuple(self._session.subscriptions)
+
+    # ------------------------------------------------------------------ metrics
+
+    def add_metrics(self, recorder: MetricsRecorder) -> None:
+        """Send this client's timings to ``recorder`` (a :class:`~wsclient.metrics.MetricsRecorder`):
+        each frame's handler time and inbound queue wait, each heartbeat round trip.
+
+        Without a recorder no timing is taken at all. The exporters attach theirs
+        (:mod:`wsclient.metrics.prometheus`, :mod:`wsclient.metrics.otel`); several may be attached.
+        Valid in every state; the next frame is timed.
+        """
+        recorder = check_recorder(recorder)
+        if any(r is recorder for r in self._recorders):
+            return
+        self._set_recorders((*self._recorders, recorder))
+
+    def remove_metrics(self, recorder: MetricsRecorder) -> None:
+        """Stop sending timings to ``recorder`` (nothing happens if it was not attached)."""
+        self._set_recorders(tuple(r for r in self._recorders if r is not recorder))
+
+    def _set_recorders(self, recorders: tuple[MetricsRecorder, ...]) -> None:
+        self._recorders = recorders
+        self._inbound.set_recorder(
+            None if not recorders else recorders[0] if len(recorders) == 1 else Fanout(recorders)
+        )
 
     # ------------------------------------------------------------------ public state
 

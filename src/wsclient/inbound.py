@@ -12,6 +12,10 @@ at a time feeds them:
   the queue is empty. So there is a dispatcher task only while there is async work.
 * When the queue is full, ``inbound_overflow="block"`` stops reading (lossless; the dead-link verdict
   is suspended meanwhile), ``drop_oldest`` / ``drop_newest`` drop and report.
+* With a metrics recorder attached (:meth:`Inbound.set_recorder`), the target is wrapped in a
+  :class:`_Timed` one and the receiver's class becomes :class:`_StampingReceiver`, which queues frames
+  with their arrival time: the timings cost nothing while no recorder is attached, since no code on
+  the hot path tests for one.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Any
+from collections.abc import Awaitable, Callable, Generator, Hashable
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
 
 from .callbacks import Callbacks
 from .codec import Data
@@ -40,6 +45,9 @@ from .routing import (
 )
 from .session import Counters
 from .transport import InlineTarget
+
+if TYPE_CHECKING:
+    from .metrics import MetricsRecorder
 
 __all__ = ["Inbound", "Receiver"]
 
@@ -92,6 +100,75 @@ class _Process:
         self.dispatch = dispatch
 
 
+class _Timed:
+    """The inline target while a metrics recorder is attached: the client's target, timed."""
+
+    __slots__ = ("_handler_time", "_inner", "_queue_wait", "dispatch")
+
+    def __init__(self, inner: InlineTarget, recorder: MetricsRecorder) -> None:
+        # The target, not its dispatch: the router rebinds its own after registrations change.
+        self._inner = inner
+        # Bound once: two fewer lookups per frame.
+        self._handler_time = recorder.handler_time
+        self._queue_wait = recorder.queue_wait
+        # An attribute, as InlineTarget wants it: what the transport calls for a frame it just read.
+        self.dispatch: Callable[[Data], Awaitable[None] | None] = self._unqueued
+
+    def _unqueued(self, data: Data) -> Awaitable[None] | None:
+        # run(data, 0.0) written out: this is the per-frame path of sync handlers.
+        self._queue_wait(0.0)
+        start = perf_counter()
+        pending = self._inner.dispatch(data)
+        if pending is None:
+            self._handler_time(perf_counter() - start)
+            return None
+        return self._finish(pending, perf_counter() - start)
+
+    def run(self, data: Data, waited: float) -> Awaitable[None] | None:
+        """Deliver a frame that waited ``waited`` seconds in the queue, timed."""
+        self._queue_wait(waited)
+        start = perf_counter()
+        pending = self._inner.dispatch(data)
+        if pending is None:
+            self._handler_time(perf_counter() - start)
+            return None
+        return self._finish(pending, perf_counter() - start)
+
+    async def _finish(self, pending: Awaitable[None], spent: float) -> None:
+        # Timed from when the dispatcher gets to it: the time it sat in the queue is not the handler's.
+        start = perf_counter()
+        try:
+            await pending
+        finally:
+            self._handler_time(spent + perf_counter() - start)
+
+
+class _Stamped:
+    """A frame queued with its arrival time (while a metrics recorder is attached).
+
+    It is awaitable, so the dispatcher runs it where it runs deferred work, unchanged: the untimed
+    dispatch loop pays nothing for it.
+    """
+
+    __slots__ = ("at", "data", "inbound")
+
+    def __init__(self, inbound: Inbound, data: Data, at: float) -> None:
+        self.inbound = inbound
+        self.data = data
+        self.at = at
+
+    def __await__(self) -> Generator[Any, None, None]:
+        target = self.inbound._target
+        if target is None:
+            return
+        if isinstance(target, _Timed):
+            pending = target.run(self.data, perf_counter() - self.at)
+        else:  # the recorder left while this frame waited
+            pending = target.dispatch(self.data)
+        if pending is not None:
+            yield from pending.__await__()
+
+
 class Receiver:
     """What one link's transport delivers to (a :class:`~wsclient.transport.Sink`)."""
 
@@ -137,6 +214,34 @@ class Receiver:
         return inbound.receive(data)
 
 
+class _StampingReceiver(Receiver):
+    """A :class:`Receiver` that queues frames with their arrival time, for the queue-wait timing.
+
+    A live receiver's class is switched to this one when a recorder is attached (and back), since
+    the transport holds the receiver object itself: the plain receiver keeps its hot path untouched.
+    """
+
+    __slots__ = ()
+
+    def __call__(self, data: Data) -> Awaitable[None] | None:
+        watch = self.pong_watch
+        if watch is not None and watch.waiting and watch.check(data):
+            return None
+        answer = self.answer
+        if answer is not None and answer(data):
+            return None
+        if not self.active:
+            return self._inbound.receive_secondary(data) if self.secondary else None
+        inbound = self._inbound
+        queue = inbound._queue
+        if queue and len(queue) + 1 < inbound._limit:
+            queue.append(_Stamped(inbound, data, perf_counter()))
+            return None
+        if inbound._dispatcher is None and not queue:
+            return inbound.receive(data)  # delivered now, through the timed target
+        return inbound.receive(_Stamped(inbound, data, perf_counter()))  # type: ignore[arg-type]
+
+
 class Inbound:
     """Delivery of one client's inbound frames to its callbacks and router."""
 
@@ -154,6 +259,7 @@ class Inbound:
         "_policy",
         "_queue",
         "_receiver",
+        "_recorder",
         "_redactor",
         "_requests",
         "_router",
@@ -203,6 +309,7 @@ class Inbound:
         self._dispatcher: asyncio.Task[None] | None = None
         self._space: asyncio.Future[None] | None = None
         self._receiver: Receiver | None = None
+        self._recorder: MetricsRecorder | None = None
         self.closed = False
 
     # -- what listens --------------------------------------------------------------------------------
@@ -253,13 +360,31 @@ class Inbound:
             self._update_target()
 
     def _update_target(self) -> None:
+        target: InlineTarget | None
         if self.message_callbacks:
-            self._target = _Process(self.process)
+            target = _Process(self.process)
         elif self._routing:
-            self._target = self.router
+            target = self.router
         else:
-            self._target = None
+            target = None
+        recorder = self._recorder
+        if target is not None and recorder is not None:
+            target = _Timed(target, recorder)
+        self._target = target
         self._set_inline()
+
+    @property
+    def recorder(self) -> MetricsRecorder | None:
+        """The metrics recorder the timings go to (None: none are taken)."""
+        return self._recorder
+
+    def set_recorder(self, recorder: MetricsRecorder | None) -> None:
+        """Time every frame's delivery and queue wait into ``recorder`` (None: stop timing)."""
+        self._recorder = recorder
+        receiver = self._receiver
+        if receiver is not None:
+            receiver.__class__ = Receiver if recorder is None else _StampingReceiver
+        self._update_target()
 
     def _set_inline(self) -> None:
         receiver = self._receiver
@@ -275,6 +400,8 @@ class Inbound:
     def attach(self, pong_watch: PongWatch | None, answer: Callable[[Data], bool] | None = None) -> Receiver:
         """A receiver for a new link; it delivers nothing until :meth:`activate` (venue pings are
         answered from the start)."""
+        if self._recorder is not None:
+            return _StampingReceiver(self, pong_watch, answer)
         return Receiver(self, pong_watch, answer)
 
     def activate(self, receiver: Receiver, *, reconnect: bool) -> None:
@@ -291,6 +418,8 @@ class Inbound:
             previous.secondary = self._router is not None and self._router.merging
         receiver.secondary = False
         receiver.active = True
+        # A recorder attached while this link was being opened (a rotation's new link) times it too.
+        receiver.__class__ = Receiver if self._recorder is None else _StampingReceiver
         self._receiver = receiver
         if reconnect and self._router is not None:
             if self._queue:
@@ -418,13 +547,16 @@ class Inbound:
             return self._space
         if self._policy == "drop_newest":
             dropped = queue.pop()  # the frame just appended, never a mark
-            if dropped.__class__ is _Secondary:
+            if dropped.__class__ is _Secondary or dropped.__class__ is _Stamped:
                 dropped = dropped.data
         else:
             # The oldest frame: reconnect marks and deferred work (awaitables) stay in place.
             for index, dropped in enumerate(queue):
-                if dropped.__class__ is str or dropped.__class__ is bytes:
+                cls = dropped.__class__
+                if cls is str or cls is bytes or cls is _Stamped:
                     del queue[index]
+                    if cls is _Stamped:
+                        dropped = dropped.data
                     break
         assert isinstance(dropped, str | bytes)
         self._counters.dropped_in += 1

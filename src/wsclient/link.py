@@ -62,6 +62,7 @@ class Link:
         "_judged_at",
         "_loop",
         "_on_missed",
+        "_on_rtt",
         "_phase",
         "_ping_frame",
         "_ping_timer",
@@ -96,12 +97,14 @@ class Link:
         on_missed: MissedHook,
         codec: Codec | None = None,
         write_now: Callable[[Transport, Data], None] | None = None,
+        on_rtt: Callable[[float], None] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self.id = link_id
         self._settings = config.heartbeat
         self._on_missed = on_missed
+        self._on_rtt = on_rtt
         # The outbound part's exit for frames that must not wait (the application ping).
         self._write_now = write_now if write_now is not None else _write_now
         self._phase = LinkPhaseMachine()
@@ -334,7 +337,10 @@ class Link:
             return
         liveness = self.liveness
         assert liveness is not None
-        liveness.measured(pong.result(), self._loop.time())
+        rtt = pong.result()
+        liveness.measured(rtt, self._loop.time())
+        if self._on_rtt is not None:
+            self._on_rtt(rtt)
         self._pong = None
         if self._pong_timer is not None:
             self._pong_timer.cancel()

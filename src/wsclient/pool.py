@@ -43,6 +43,7 @@ from .config import ClientConfig, VenueLimits
 from .dedup import Dedup
 from .errors import ClientClosedError, ConfigError
 from .events import ClientStats
+from .metrics import MetricsRecorder
 from .routing import SequenceGap, SequenceTracker
 from .session import Outgoing, Subscription
 from .state import ConnectionState
@@ -139,6 +140,8 @@ class _Shard:
     of: dict[str, _Batch] = field(default_factory=dict)
     started: bool = False
     closing: bool = False
+    recorders: dict[Callable[[int], MetricsRecorder], MetricsRecorder] = field(default_factory=dict)
+    """The recorder each of the pool's metrics factories made for this shard."""
 
     @property
     def count(self) -> int:
@@ -224,6 +227,7 @@ class Pool:
         self._wake: asyncio.Event | None = None
         self._stats = {"stale_resubscribes": 0, "stale_replacements": 0, "moves": 0}
         self._ended: list[ClientStats] = []  # figures of shards closed for good
+        self._metrics: list[Callable[[int], MetricsRecorder]] = []
 
     # -- registration: applied to every shard, now and later --------------------------------------
 
@@ -274,6 +278,31 @@ class Pool:
         """Like :meth:`Client.on_connect`: run on every connection of every shard (e.g. a login)."""
         self._register(lambda client: client.on_connect(hook))
         return hook
+
+    def add_metrics(self, recorder_for: Callable[[int], MetricsRecorder]) -> None:
+        """Time every shard, present and future: ``recorder_for(shard_index)`` makes the shard's
+        :class:`~wsclient.metrics.MetricsRecorder` (see :meth:`Client.add_metrics`)."""
+        if not callable(recorder_for):
+            raise ConfigError("add_metrics takes a function: shard index -> the shard's metrics recorder")
+        if recorder_for in self._metrics:
+            return
+        self._metrics.append(recorder_for)
+        for shard in self._shards:
+            self._attach_metrics(shard, recorder_for)
+
+    def remove_metrics(self, recorder_for: Callable[[int], MetricsRecorder]) -> None:
+        """Detach what ``recorder_for`` made from every shard, and make no more."""
+        if recorder_for in self._metrics:
+            self._metrics.remove(recorder_for)
+        for shard in self._shards:
+            recorder = shard.recorders.pop(recorder_for, None)
+            if recorder is not None:
+                shard.client.remove_metrics(recorder)
+
+    def _attach_metrics(self, shard: _Shard, recorder_for: Callable[[int], MetricsRecorder]) -> None:
+        recorder = recorder_for(shard.index)
+        shard.recorders[recorder_for] = recorder
+        shard.client.add_metrics(recorder)
 
     # -- streams -------------------------------------------------------------------------------------
 
@@ -402,6 +431,8 @@ class Pool:
         shard = _Shard(index, client)
         for apply in self._registrations:
             apply(client)
+        for recorder_for in self._metrics:
+            self._attach_metrics(shard, recorder_for)
         self._shards.append(shard)
         return shard
 

@@ -641,7 +641,14 @@ class Supervisor:
             on_missed=self._missed,
             codec=config.codec,
             write_now=self._outbound.write_now,
+            on_rtt=self._rtt,
         )
+
+    def _rtt(self, seconds: float) -> None:
+        # Read per pong, not per link: a recorder attached to a running client sees the next one.
+        recorder = self._inbound.recorder
+        if recorder is not None:
+            recorder.rtt(seconds)
 
     def _missed(self, link_id: int, kind: str, waited: float, fatal: bool) -> None:
         self._session.counters.heartbeat_misses += 1

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite runs against (`make peers`, run by `make test`):
-#   * nginx, redis-server and the proxies (tinyproxy, microsocks, dante-server), from Debian's
-#     packages, when they are absent and we are root;
+#   * nginx, redis-server, the proxies (tinyproxy, microsocks, dante-server) and promtool (the
+#     prometheus package), from Debian's packages, when they are absent and we are root;
 #   * the Node `ws` server's dependencies, with `npm ci` from package-lock.json, when node_modules is
 #     missing or older than the lock file.
 # Without root, apt-get or npm, it says so and carries on: the tests that need a missing peer skip on a
@@ -112,6 +112,20 @@ install_proxies() {
     install_proxy danted danted dante-server
 }
 
+# promtool, from Debian's prometheus package: tests/test_metrics.py checks the PromQL of
+# examples/grafana-dashboard.json with it (the Prometheus server it also ships is not started).
+install_promtool() {
+    if command -v promtool >/dev/null 2>&1 || [ -x /usr/bin/promtool ]; then
+        return 0
+    fi
+    if ! can_apt_install; then
+        echo "peers: promtool is not installed and cannot be (needs root and apt-get): the dashboard's PromQL check will not run" >&2
+        return 0
+    fi
+    apt_install prometheus prometheus
+    echo "peers: installed $installed ($(promtool --version 2>&1 | head -n 1))"
+}
+
 install_node_peer() {
     if ! command -v npm >/dev/null 2>&1; then
         echo "peers: npm is not installed: the Node ws peer tests will not run" >&2
@@ -128,4 +142,5 @@ install_node_peer() {
 install_nginx
 install_redis
 install_proxies
+install_promtool
 install_node_peer
