@@ -120,6 +120,21 @@ def payload_of(kind: Payload) -> Callable[[Any, Data | None], bytes]:
     raise ValueError(f'payload must be "raw", "json" or a function of the message, got {kind!r}')
 
 
+async def _cancel(task: asyncio.Task[None], attempts: int = 50) -> None:
+    """Cancel ``task`` and wait for its end. On Python 3.11 an ``asyncio.wait_for`` inside a bus
+    client can swallow a cancellation that lands as its own wait ends, and the connect loop then
+    goes on: the cancellation is repeated (bounded) until the task is done."""
+    for _ in range(attempts):
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+        if task.done():
+            break
+    else:
+        _log.error("a sink's I/O task did not stop after %d cancellations", attempts)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: how it ended is of no interest once closed
+
+
 async def connect_with_backoff(
     open_connection: Callable[[], Awaitable[R]],
     initial: float,
@@ -409,8 +424,7 @@ class WindowSink(Generic[C]):
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await _cancel(task)
         await self._drop_connection()
 
     @property
