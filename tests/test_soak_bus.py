@@ -25,12 +25,12 @@ SEED = 3
 @pytest.mark.serial
 @pytest.mark.timeout(150)
 async def test_short_bus_soak(caplog: pytest.LogCaptureFixture) -> None:
-    """~25 s of faults on both sides of the client; every trade handed over is stored once, in order."""
+    """~15 s of faults on both sides of the client; every trade handed over is stored once, in order."""
     # pytest's log capture keeps every record (the sink warns at each fault, the in-process venue's
     # websockets logs its resets, with tracebacks): keep them out of the memory figures.
     caplog.set_level(logging.CRITICAL)
     caplog.set_level(logging.CRITICAL, logger="wsclient")
-    report = await run_bus_soak(25.0, SEED, calm=(0.2, 0.6), slack=4.0)
+    report = await run_bus_soak(15.0, SEED, calm=(0.2, 0.6), slack=4.0)
     print(report.format())
     assert report.failures == [], report.format()
     venue = {k: v for k, v in report.faults.items() if k.startswith("venue_")}
