@@ -10,6 +10,7 @@ import pytest
 from wsclient import (
     Client,
     ClientConfig,
+    Closed,
     Connected,
     ConnectionState,
     Heartbeat,
@@ -109,6 +110,7 @@ async def test_events_include_state_changes_and_end_on_close() -> None:
     assert changes[:2] == [(S.IDLE, S.CONNECTING), (S.CONNECTING, S.OPEN)]
     assert (S.OPEN, S.RECONNECTING) in changes
     assert changes[-1][1] is S.CLOSED
+    assert isinstance(seen[-1], Closed)  # the last event, emitted after the move to CLOSED
     assert sum(isinstance(e, Connected) for e in seen) == 2
     assert events.dropped == 0
 

@@ -623,14 +623,25 @@ class Client:
             callbacks.emit(StateChanged(old, new, event.value))
         if new.is_terminal and self._streams:
             streams, self._streams = self._streams, None
+            # At the next step of the loop: the events the terminal move brings (Closed, GaveUp)
+            # are emitted right after it and still reach the event streams.
+            call_soon: Callable[[Callable[[], object]], object]
+            try:
+                call_soon = asyncio.get_running_loop().call_soon
+            except RuntimeError:
+                call_soon = _now_not_later
             for stream in streams:
-                stream.end()
+                call_soon(stream.end)
         waiters = self._state_waiters
         if waiters:
             self._state_waiters = []
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+
+def _now_not_later(callback: Callable[[], object]) -> None:
+    callback()
 
 
 def _clock() -> float:
