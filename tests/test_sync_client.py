@@ -216,7 +216,7 @@ def test_on_connect_hook_blocks_on_a_login_before_the_replay(feed: Feed, backend
         client.subscribe(TRADES)
         client.wait_open(timeout=5)
         feed.run(server.restart())
-        got = logins.wait_for(2)
+        got = logins.wait_for(2, timeout=15)  # a restart, a reconnect, then the login: slow when loaded
         client.wait_open(timeout=5)
     frames = [json.loads(frame) for _, frame in server.received]
     assert [f["op"] for f in frames] == ["time", "subscribe", "time", "subscribe"]
