@@ -120,6 +120,33 @@ def payload_of(kind: Payload) -> Callable[[Any, Data | None], bytes]:
     raise ValueError(f'payload must be "raw", "json" or a function of the message, got {kind!r}')
 
 
+def check_settings(
+    *,
+    max_pending: int,
+    ack_timeout: float,
+    reconnect_initial: float,
+    reconnect_max: float,
+    connect_timeout: float,
+    ping_interval: float,
+) -> None:
+    """Refuse, naming the field, the settings every sink shares when they cannot work."""
+    if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+        raise ValueError(f"max_pending must be a positive int, got {max_pending!r}")
+    for field, value in (
+        ("ack_timeout", ack_timeout),
+        ("reconnect_initial", reconnect_initial),
+        ("reconnect_max", reconnect_max),
+        ("connect_timeout", connect_timeout),
+        ("ping_interval", ping_interval),
+    ):
+        if not value > 0:
+            raise ValueError(f"{field} must be positive, got {value!r}")
+    if reconnect_max < reconnect_initial:
+        raise ValueError(
+            f"reconnect_max ({reconnect_max}) must be at least reconnect_initial ({reconnect_initial})"
+        )
+
+
 async def _cancel(task: asyncio.Task[None], attempts: int = 50) -> None:
     """Cancel ``task`` and wait for its end. On Python 3.11 an ``asyncio.wait_for`` inside a bus
     client can swallow a cancellation that lands as its own wait ends, and the connect loop then

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..codec import Data
 from ..redact import redact_url
-from .base import Entry, Payload, WindowSink, payload_of
+from .base import Entry, Payload, WindowSink, check_settings, payload_of
 
 try:
     import nats
@@ -153,20 +153,14 @@ class NatsJetStreamSink(WindowSink["NatsClient"]):
             raise TypeError("subject must be a function of the message returning the subject")
         if not callable(msg_id):
             raise TypeError("msg_id must be a function of the message returning its unique id")
-        for field, value in (
-            ("max_pending", max_pending),
-            ("ack_timeout", ack_timeout),
-            ("reconnect_initial", reconnect_initial),
-            ("reconnect_max", reconnect_max),
-            ("connect_timeout", connect_timeout),
-            ("ping_interval", ping_interval),
-        ):
-            if not value > 0:
-                raise ValueError(f"{field} must be positive, got {value!r}")
-        if reconnect_max < reconnect_initial:
-            raise ValueError(
-                f"reconnect_max ({reconnect_max}) must be at least reconnect_initial ({reconnect_initial})"
-            )
+        check_settings(
+            max_pending=max_pending,
+            ack_timeout=ack_timeout,
+            reconnect_initial=reconnect_initial,
+            reconnect_max=reconnect_max,
+            connect_timeout=connect_timeout,
+            ping_interval=ping_interval,
+        )
         self.servers = [servers] if isinstance(servers, str) else list(servers)
         if not self.servers:
             raise ValueError("servers must name at least one NATS URL")

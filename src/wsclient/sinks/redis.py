@@ -61,7 +61,7 @@ from urllib.parse import urlsplit
 
 from ..codec import Data
 from ..redact import redact_url
-from .base import Entry, Payload, WindowSink, payload_of
+from .base import Entry, Payload, WindowSink, check_settings, payload_of
 
 try:
     from redis.asyncio import Redis
@@ -147,24 +147,19 @@ class RedisStreamSink(WindowSink[AbstractConnection]):
             raise ValueError(
                 f"url must be a redis://, rediss:// or unix:// URL, got {redact_url(str(url))!r}"
             )
-        for field, count in (("max_pending", max_pending), ("batch", batch), ("maxlen", maxlen)):
+        check_settings(
+            max_pending=max_pending,
+            ack_timeout=ack_timeout,
+            reconnect_initial=reconnect_initial,
+            reconnect_max=reconnect_max,
+            connect_timeout=connect_timeout,
+            ping_interval=ping_interval,
+        )
+        for field, count in (("batch", batch), ("maxlen", maxlen)):
             if field == "maxlen" and count is None:
                 continue
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ValueError(f"{field} must be a positive int, got {count!r}")
-        for field, value in (
-            ("ack_timeout", ack_timeout),
-            ("reconnect_initial", reconnect_initial),
-            ("reconnect_max", reconnect_max),
-            ("connect_timeout", connect_timeout),
-            ("ping_interval", ping_interval),
-        ):
-            if not value > 0:
-                raise ValueError(f"{field} must be positive, got {value!r}")
-        if reconnect_max < reconnect_initial:
-            raise ValueError(
-                f"reconnect_max ({reconnect_max}) must be at least reconnect_initial ({reconnect_initial})"
-            )
         super().__init__(max_pending, reconnect_initial, reconnect_max)
         self.url = url
         self._stream = stream
