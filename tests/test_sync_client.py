@@ -206,15 +206,19 @@ def test_on_connect_hook_blocks_on_a_login_before_the_replay(feed: Feed, backend
     logins = Seen()
     server = feed.server
 
-    with Client(server.url) as client:
+    client = Client(server.url)
 
-        @client.on_connect
-        def login(conn: Any) -> None:
-            reply = conn.request({"op": "time"}, timeout=5)
-            logins.add((reply["type"], conn.reconnect, threading.current_thread().name))
+    # Registered before start(): the loop runs on its own thread, so a hook registered inside the
+    # ``with`` could come after the first connection ran its hooks (it then runs from the next one).
+    @client.on_connect
+    def login(conn: Any) -> None:
+        reply = conn.request({"op": "time"}, timeout=5)
+        logins.add((reply["type"], conn.reconnect, threading.current_thread().name))
 
-        client.subscribe(TRADES)
+    client.subscribe(TRADES)
+    with client:
         client.wait_open(timeout=5)
+        assert len(logins.items) == 1  # hooks run before the client is OPEN
         feed.run(server.restart())
         got = logins.wait_for(2, timeout=15)  # a restart, a reconnect, then the login: slow when loaded
         client.wait_open(timeout=5)

@@ -1008,6 +1008,10 @@ class Client:
         Hooks run in a thread of the client's loop's default executor, never on the loop thread,
         whatever ``handlers`` says; they are bounded by ``open_timeout`` like async hooks. A hook
         that raises fails the attempt (retried by the reconnect policy).
+
+        Register it before :meth:`start` (before ``with client:``): the client connects on its own
+        thread, so a hook registered after the start may come too late for the connection being
+        opened, and then runs from the next (re)connect on.
         """
         _check_sync(hook, "on_connect()")
         runtime = self._runtime
