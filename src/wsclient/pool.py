@@ -76,7 +76,11 @@ class StreamStale:
 
 @dataclass(frozen=True, slots=True)
 class ShardInfo:
-    """One shard of a pool, as :attr:`Pool.shards` reports it."""
+    """One shard of a pool, as :attr:`Pool.shards` reports it.
+
+    The shards share one de-duplicator, so the copies it drops are counted pool-wide only
+    (:attr:`PoolStats.duplicates_dropped`).
+    """
 
     index: int
     state: ConnectionState
@@ -84,7 +88,6 @@ class ShardInfo:
     connects: int
     rotations: int
     messages_in: int
-    duplicates_dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
