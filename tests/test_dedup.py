@@ -221,6 +221,7 @@ async def test_age_rotations_keep_the_feed_whole_under_a_venue_that_cuts(backend
             stats = client.stats
     assert venue.age_cuts == 0, "every connection was replaced before the venue cut it"
     assert stats.connects == stats.rotations + 1, "no reconnect: only rotations"
+    assert stats.reconnects == 0, "a rotation is not a reconnect"
     assert not contiguous(seen), contiguous(seen)
     assert gaps == []
 
@@ -253,3 +254,25 @@ async def test_a_subscription_added_during_a_rotation_reaches_the_new_connection
         await new.wait_received(2)
     assert new.received == ["first", "second"], "the new connection got the late subscription"
     assert old.received == ["first", "second"]
+
+
+@pytest.mark.looptime
+async def test_a_rotation_is_not_counted_as_a_reconnect_but_a_lost_link_is() -> None:
+    server = MemoryServer()
+    client = Client(
+        "ws://venue.test/ws",
+        config=ClientConfig(discriminator="e", heartbeat=Heartbeat(mode="off")),
+        connector=server.connect,
+    )
+    client.subscribe("first")
+    async with client:
+        await client.wait_open(5)
+        assert client.rotate(overlap=1.0)
+        new = await server.wait_connections(2)
+        await until(lambda: client.stats.rotations == 1)
+        assert (client.stats.connects, client.stats.reconnects) == (2, 0)
+        new.drop()  # a lost link: the client reconnects
+        await server.wait_connections(3)
+        await until(lambda: client.stats.connects == 3)
+        stats = client.stats
+    assert (stats.connects, stats.rotations, stats.reconnects) == (3, 1, 1)

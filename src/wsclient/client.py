@@ -468,7 +468,8 @@ class Client:
         router = inbound.router if inbound.has_router else None
         return ClientStats(
             connects=c.connects,
-            reconnects=max(0, c.connects - 1),
+            # A rotation's new link is a connection too, but nothing was lost: not a reconnect.
+            reconnects=max(0, c.connects - 1 - c.rotations),
             connect_failures=c.connect_failures,
             messages_in=messages_in,
             bytes_in=bytes_in,

@@ -152,7 +152,8 @@ class ClientStats:
     connects: int
     """Successful connections, the first included."""
     reconnects: int
-    """Successful connections after the first."""
+    """Successful connections that replaced a lost one (after the first; the planned replacements
+    are counted in :attr:`rotations`, not here)."""
     connect_failures: int
     messages_in: int
     bytes_in: int

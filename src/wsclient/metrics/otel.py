@@ -52,7 +52,7 @@ _Attributes = dict[str, str | int]
 #: (instrument name, unit, description, ``ClientStats`` field): observable counters per client/shard.
 _COUNTERS: tuple[tuple[str, str, str, str], ...] = (
     ("wsclient.connects", "{connection}", "Successful connections, the first included.", "connects"),
-    ("wsclient.reconnects", "{connection}", "Successful connections after the first.", "reconnects"),
+    ("wsclient.reconnects", "{connection}", "Connections replacing a lost one.", "reconnects"),
     ("wsclient.connect_failures", "{attempt}", "Connect attempts that failed.", "connect_failures"),
     ("wsclient.messages_received", "{message}", "Data messages received.", "messages_in"),
     ("wsclient.received", "By", "Payload received (characters of text messages).", "bytes_in"),

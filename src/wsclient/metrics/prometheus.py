@@ -65,7 +65,7 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
         "Successful connections, the first and make-before-break ones included.",
         "connects",
     ),
-    ("wsclient_reconnects", "Successful connections after the first.", "reconnects"),
+    ("wsclient_reconnects", "Connections replacing a lost one.", "reconnects"),
     (
         "wsclient_connect_failures",
         "Connect attempts that failed before the connection was open.",
