@@ -226,15 +226,16 @@ async def test_age_rotations_keep_the_feed_whole_under_a_venue_that_cuts(backend
     assert gaps == []
 
 
+def memory_client(server: MemoryServer, **kwargs: Any) -> Client:
+    """A client of the in-memory venue, without heartbeat (virtual time decides everything)."""
+    config = ClientConfig(discriminator="e", heartbeat=Heartbeat(mode="off"))
+    return Client("ws://venue.test/ws", config=config, connector=server.connect, **kwargs)
+
+
 @pytest.mark.looptime
 async def test_a_subscription_added_during_a_rotation_reaches_the_new_connection() -> None:
     server = MemoryServer()
-    client = Client(
-        "ws://venue.test/ws",
-        config=ClientConfig(discriminator="e", heartbeat=Heartbeat(mode="off")),
-        connector=server.connect,
-        dedup_key=lambda m: (m.s, m.t),
-    )
+    client = memory_client(server, dedup_key=lambda m: (m.s, m.t))
     seen: list[int] = []
     client.on(Trade, lambda m: seen.append(m.t))
     client.subscribe("first")
@@ -259,11 +260,7 @@ async def test_a_subscription_added_during_a_rotation_reaches_the_new_connection
 @pytest.mark.looptime
 async def test_a_rotation_is_not_counted_as_a_reconnect_but_a_lost_link_is() -> None:
     server = MemoryServer()
-    client = Client(
-        "ws://venue.test/ws",
-        config=ClientConfig(discriminator="e", heartbeat=Heartbeat(mode="off")),
-        connector=server.connect,
-    )
+    client = memory_client(server)
     client.subscribe("first")
     async with client:
         await client.wait_open(5)
