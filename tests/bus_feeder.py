@@ -35,8 +35,17 @@ def msg_id(m: VenueTrade) -> str:
     return f"{m.s}:{m.t}"
 
 
+def dump_tasks() -> None:
+    for task in asyncio.all_tasks():
+        print(f"--- {task.get_name()}", file=sys.stderr)
+        task.print_stack(limit=12, file=sys.stderr)
+    sys.stderr.flush()
+
+
 async def main(argv: list[str]) -> None:
-    faulthandler.register(signal.SIGQUIT)
+    # A stop that hangs is shown by the test: every thread's stack (SIGUSR2, answered even by a
+    # blocked loop) and every task's (SIGQUIT).
+    faulthandler.register(signal.SIGUSR2)
     parser = argparse.ArgumentParser()
     parser.add_argument("venue")
     parser.add_argument("nats")
@@ -68,6 +77,7 @@ async def main(argv: list[str]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGQUIT, dump_tasks)
 
     fleet: Any = None
     await sink.start(timeout=10)

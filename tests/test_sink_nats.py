@@ -23,7 +23,7 @@ import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from wsclient import Client, ClientConfig, Heartbeat, Pool, Reconnect, VenueLimits
-from wsclient.fleet import owners, share
+from wsclient.fleet import Fleet, owners, share
 from wsclient.sinks import JetStreamSpec, NatsJetStreamSink, SinkClosedError
 from wsclient.testing import VenueServer
 from wsclient.testing.nats import NatsServer
@@ -289,13 +289,22 @@ class Feeder:
 
     async def stop(self) -> dict[str, Any]:
         assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc.stderr is not None
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
+        reading = asyncio.gather(self.proc.stdout.read(), self.proc.stderr.read())
         try:
-            out, err = await asyncio.wait_for(self.proc.communicate(), 30)
+            await asyncio.wait_for(asyncio.shield(self.proc.wait()), 30)
         except TimeoutError:
-            self.proc.send_signal(signal.SIGQUIT)
-            raise
+            self.proc.send_signal(signal.SIGQUIT)  # every task's stack, then every thread's
+            await asyncio.sleep(0.5)
+            self.proc.send_signal(signal.SIGUSR2)
+            await asyncio.sleep(0.5)
+            self.proc.kill()
+            await self.proc.wait()
+            _, err = await reading
+            pytest.fail(f"the feeder did not stop within 30 s of SIGTERM:\n{err.decode()[-6000:]}")
+        out, err = await reading
         assert self.proc.returncode == 0, (out, err.decode()[-3000:])
         return json.loads(out.splitlines()[-1])["stats"]  # type: ignore[no-any-return]
 
@@ -461,6 +470,34 @@ async def test_a_fleet_of_three_over_300_streams_takes_over_a_killed_member(
         else:
             worst = max(worst, missing[subj])
     print(f"largest hole in a taken-over stream: {worst} trades at 5/s")
+
+
+async def test_fleet_close_ends_a_renewal_that_swallows_its_cancellation(nats_server: NatsServer) -> None:
+    """On Python 3.11 nats-py's ``wait_for`` swallows a cancellation that lands as its reply does,
+    and the renewal loop went on: ``close()`` waited for it for ever (a feeder that never stopped)."""
+    pool = Pool("ws://127.0.0.1:9/", subscribe=lambda streams: list(streams))
+    fleet = Fleet(pool, nats_server.url, ["a@trade"], name="swallow", member="m", lease=0.6)
+    await fleet.start()
+    assert fleet._kv is not None
+    put = fleet._kv.put
+    renewing = asyncio.Event()
+    swallowed = 0
+
+    async def put_like_wait_for(key: str, value: bytes) -> int:
+        nonlocal swallowed
+        renewing.set()
+        try:
+            await asyncio.sleep(0.5)
+        except asyncio.CancelledError:
+            swallowed += 1  # as wait_for does when its future is done by then: the result, no error
+        return await put(key, value)
+
+    fleet._kv.put = put_like_wait_for  # type: ignore[method-assign]
+    await asyncio.wait_for(renewing.wait(), 5)
+    async with asyncio.timeout(10):
+        await fleet.close()
+    assert swallowed >= 1
+    await pool.close()
 
 
 async def test_a_bad_subject_or_id_is_that_messages_error_and_the_rest_flows(nats_server: NatsServer) -> None:

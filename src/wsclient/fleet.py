@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
+from ._tasks import cancel_and_wait
 from .logs import LogLimiter
 from .pool import Pool
 
@@ -203,8 +204,7 @@ class Fleet:
         it next."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task, f"fleet {self.name}'s renewal task")
         nc, self._nc = self._nc, None
         if nc is None:
             return

@@ -28,6 +28,7 @@ from typing import Any, Generic, Literal, Self, TypeVar
 from pydantic import BaseModel
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
+from .._tasks import cancel_and_wait
 from ..codec import Data
 from ..logs import LogLimiter
 
@@ -145,21 +146,6 @@ def check_settings(
         raise ValueError(
             f"reconnect_max ({reconnect_max}) must be at least reconnect_initial ({reconnect_initial})"
         )
-
-
-async def _cancel(task: asyncio.Task[None], attempts: int = 50) -> None:
-    """Cancel ``task`` and wait for its end. On Python 3.11 an ``asyncio.wait_for`` inside a bus
-    client can swallow a cancellation that lands as its own wait ends, and the connect loop then
-    goes on: the cancellation is repeated (bounded) until the task is done."""
-    for _ in range(attempts):
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.1)
-        if task.done():
-            break
-    else:
-        _log.error("a sink's I/O task did not stop after %d cancellations", attempts)
-    if task.done() and not task.cancelled():
-        task.exception()  # retrieved: how it ended is of no interest once closed
 
 
 async def connect_with_backoff(
@@ -451,7 +437,7 @@ class WindowSink(Generic[C]):
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
-            await _cancel(task)
+            await cancel_and_wait(task, f"{self._bus} sink's I/O task")
         await self._drop_connection()
 
     @property
