@@ -128,7 +128,9 @@ def make_pool(venue: VenueServer, **kwargs: Any) -> Pool:
 
 async def test_300_streams_through_rotations_of_every_shard_exactly_once_within_the_limits() -> None:
     streams = [f"s{i:03d}@trade" for i in range(300)]
-    async with VenueServer(RULES, rate=10) as venue:
+    # 4 trades a second per stream (1,200 in all): enough for every overlap to show copies, and little
+    # enough that a loaded machine keeps up, so a rotation ends within its 0.8 s bound.
+    async with VenueServer(RULES, rate=4) as venue:
         pool = make_pool(venue)
         rec = Recorder(pool)
         pool.add_streams(streams)
@@ -160,15 +162,19 @@ async def test_a_restarted_venue_gets_every_stream_back_within_its_limits_and_th
         connects_per_window=2,
         connect_window=1.0,
     )
-    async with VenueServer(rules, rate=20) as venue:
+    # 5 trades a second per stream: the 0.5 s outage loses two or three of each, and a loaded machine
+    # still keeps up with the 1,250 a second of the whole feed.
+    async with VenueServer(rules, rate=5) as venue:
         pool = make_pool(venue, limits=limits)
         rec = Recorder(pool)
         pool.add_streams(streams)
         async with pool:
             await until(lambda: len(rec.seen) == 250 and rec.count(streams) >= 2)
-            before = {s: len(v) for s, v in rec.seen.items()}
             await venue.restart(down_for=0.5)
-            await until(lambda: all(len(rec.seen[s]) > before[s] + 2 for s in streams), timeout=20)
+            # Trades above what the venue had sent when it listened again can only come through the
+            # new connections (a count of trades would also be met by frames queued before the cut).
+            sent = {s: venue.sent(s) for s in streams}
+            await until(lambda: all(rec.seen[s][-1] > sent[s] for s in streams), timeout=30)
             stats = pool.stats
     assert venue.total_violations == 0, venue.violations  # connects, messages, streams
     assert not any(len(ids) != len(set(ids)) for ids in rec.seen.values()), "no copies"

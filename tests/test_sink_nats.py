@@ -347,7 +347,8 @@ async def test_two_redundant_feeders_one_killed_and_restarted_give_no_copy_and_n
     assert stats_a["duplicates"] + stats_b["duplicates"] > 0  # both really published the same ids
     for subj, ids in stored.ids.items():
         stream = subj.rsplit(".", 1)[1] + "@trade"
-        assert ids[-1] == venue.sent(stream), (subj, ids[-1], venue.sent(stream))
+        # The last trade of each stream is stored (not necessarily last: see holes()).
+        assert max(ids) == venue.sent(stream), (subj, max(ids), venue.sent(stream))
 
 
 def fleet_args(member: str, lease: float, redundancy: int = 1) -> tuple[str, ...]:
