@@ -81,10 +81,11 @@ class Seen:
             self._changed.notify_all()
 
     def wait_for(self, count: int, timeout: float = 5.0) -> list[Any]:
+        """The first ``count`` items (more may have come by the time this thread wakes)."""
         with self._changed:
             if not self._changed.wait_for(lambda: len(self.items) >= count, timeout):
                 raise TimeoutError(f"{len(self.items)} of {count} items after {timeout}s")
-            return list(self.items)
+            return self.items[:count]
 
 
 def poll_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
