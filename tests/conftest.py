@@ -14,6 +14,24 @@ from wsclient import Client, ClientEvent
 
 from .rawpeer import MakeRaw, RawServer, Script
 
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every selected test N times (hunting a failure that only load shows, with -n)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    repeat = metafunc.config.getoption("repeat")
+    if repeat > 1:
+        metafunc.fixturenames.append("_repeat")
+        metafunc.parametrize("_repeat", range(repeat))
+
+
 Handler = Callable[["TestServer", ServerConnection], Awaitable[None]]
 
 
