@@ -203,7 +203,9 @@ def test_a_handler_error_off_the_loop_is_reported_and_the_feed_goes_on(
     assert not thread.startswith("wsclient-loop-")  # reported where the handler ran
 
 
-def test_on_connect_hook_blocks_on_a_login_before_the_replay(feed: Feed, backend: str) -> None:
+def test_on_connect_hook_blocks_on_a_login_before_the_replay(
+    feed: Feed, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
     logins = Seen()
     server = feed.server
 
@@ -225,8 +227,25 @@ def test_on_connect_hook_blocks_on_a_login_before_the_replay(feed: Feed, backend
         client.wait_open(timeout=5)
     frames = [json.loads(frame) for _, frame in server.received]
     assert [f["op"] for f in frames] == ["time", "subscribe", "time", "subscribe"]
+    assert "ran its hooks" not in caplog.text  # registered before start(): no warning
     assert [(kind, again) for kind, again, _ in got] == [("time", False), ("time", True)]
     assert not any(name.startswith("wsclient-loop-") for _, _, name in got)
+
+
+def test_a_hook_registered_once_open_is_said_to_run_from_the_next_reconnect(
+    feed: Feed, caplog: pytest.LogCaptureFixture
+) -> None:
+    logins = Seen()
+    server = feed.server
+    with Client(server.url) as client:
+        client.subscribe(TRADES)
+        client.wait_open(timeout=5)
+        client.on_connect(lambda conn: logins.add(conn.reconnect))
+        assert "registered after connection 1 ran its hooks" in caplog.text
+        feed.run(server.restart())
+        assert logins.wait_for(1, timeout=15) == [True]  # the reconnect ran it
+    frames = [json.loads(frame)["op"] for _, frame in server.received]
+    assert frames == ["subscribe", "subscribe"]
 
 
 # ------------------------------------------------------------------------------------------ sending

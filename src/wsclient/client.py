@@ -357,6 +357,9 @@ class Client:
 
         The hook may send on the new connection with ``await connection.send(...)`` (e.g. login).
         A hook that raises fails the attempt, which is retried by the reconnect policy.
+
+        Register hooks before :meth:`start`: one registered once a connection is past its
+        handshake (running its hooks, replaying, open) first runs at the next (re)connect.
         """
         self._supervisor.connect_hooks = (*self._supervisor.connect_hooks, hook)
         return hook

@@ -494,6 +494,14 @@ class Supervisor:
 
     # -- make-before-break ---------------------------------------------------------------------------
 
+    def hooked_link(self) -> int | None:
+        """The id of the live connection that has read its ``on_connect`` hooks already (a hook
+        registered now first runs at the next connect), else None."""
+        link = self.link
+        if link is None or link.phase in (LinkPhase.HANDSHAKE, LinkPhase.CLOSING):
+            return None
+        return link.id
+
     def rotate(self, overlap: float | None = None, *, age: bool = False) -> bool:
         """Replace the open primary link by a new one, make-before-break; False if not possible now.
 

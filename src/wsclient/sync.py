@@ -1011,7 +1011,7 @@ class Client:
 
         Register it before :meth:`start` (before ``with client:``): the client connects on its own
         thread, so a hook registered after the start may come too late for the connection being
-        opened, and then runs from the next (re)connect on.
+        opened, and then first runs at the next reconnect (a warning says so when it happens).
         """
         _check_sync(hook, "on_connect()")
         runtime = self._runtime
@@ -1027,7 +1027,22 @@ class Client:
             await asyncio.to_thread(run, conn)
 
         in_thread.__qualname__ = _name(hook)
-        _on_loop(runtime, lambda: self._client.on_connect(in_thread))
+        client = self._client
+
+        def register() -> int | None:
+            client.on_connect(in_thread)
+            return client._supervisor.hooked_link()
+
+        late = _on_loop(runtime, register)
+        if late is not None:
+            # The client connects on its own thread: whether a hook registered after start() is in
+            # time for the first connection is a race, which the application should hear of.
+            logger.warning(
+                "on_connect hook %s registered after connection %d ran its hooks: it first runs at "
+                "the next reconnect (register hooks before start() / `with client:`)",
+                _name(hook),
+                late,
+            )
         return hook
 
     def subscribe(self, message: Outgoing, unsubscribe: Outgoing | None = None) -> Subscription:
