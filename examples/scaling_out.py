@@ -93,10 +93,14 @@ async def main() -> None:
         print(f"feeder B: {sink_b.stats.stored} stored as new, {sink_b.stats.duplicates} copies dropped")
         ids = await read_back(bus.url)
         total = sum(len(v) for v in ids.values())
-        whole = all(v == list(range(v[0], v[0] + len(v))) for v in ids.values())
+        whole = all(sorted(v) == list(range(min(v), min(v) + len(v))) for v in ids.values())
         print(f"stream MD: {total} trades on {len(ids)} subjects")
         stored = sink_a.stats.stored + sink_b.stats.stored
-        print(f"every trade exactly once, in order: {whole and total == stored}")
+        print(f"every trade exactly once: {whole and total == stored}")
+        # Each feeder publishes in order, but a feeder that starts a stream while the other lags
+        # behind stores its first trades ahead of the other's (README, "Scaling out": the limits).
+        late = sum(sum(1 for i, t in enumerate(v) if t < max(v[: i + 1])) for v in ids.values())
+        print(f"trades stored after a later one of their subject: {late}")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ EXPECTED = {
         "feeder A crashed:",
         "copies dropped",
         "stream MD: ",
-        "every trade exactly once, in order: True",
+        "every trade exactly once: True",
+        "trades stored after a later one of their subject: ",
     ],
     "threaded_bot.py": [
         "request answered: type=time",
