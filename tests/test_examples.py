@@ -38,6 +38,7 @@ EXPECTED = {
         "copies dropped",
         "stream MD: ",
         "every trade exactly once: True",
+        "abandoned entries, stored before the crash: ",
         "trades stored after a later one of their subject: ",
     ],
     "threaded_bot.py": [
