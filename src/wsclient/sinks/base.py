@@ -121,33 +121,6 @@ def payload_of(kind: Payload) -> Callable[[Any, Data | None], bytes]:
     raise ValueError(f'payload must be "raw", "json" or a function of the message, got {kind!r}')
 
 
-def check_settings(
-    *,
-    max_pending: int,
-    ack_timeout: float,
-    reconnect_initial: float,
-    reconnect_max: float,
-    connect_timeout: float,
-    ping_interval: float,
-) -> None:
-    """Refuse, naming the field, the settings every sink shares when they cannot work."""
-    if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
-        raise ValueError(f"max_pending must be a positive int, got {max_pending!r}")
-    for field, value in (
-        ("ack_timeout", ack_timeout),
-        ("reconnect_initial", reconnect_initial),
-        ("reconnect_max", reconnect_max),
-        ("connect_timeout", connect_timeout),
-        ("ping_interval", ping_interval),
-    ):
-        if not value > 0:
-            raise ValueError(f"{field} must be positive, got {value!r}")
-    if reconnect_max < reconnect_initial:
-        raise ValueError(
-            f"reconnect_max ({reconnect_max}) must be at least reconnect_initial ({reconnect_initial})"
-        )
-
-
 async def connect_with_backoff(
     open_connection: Callable[[], Awaitable[R]],
     initial: float,
@@ -331,7 +304,43 @@ class WindowSink(Generic[C]):
 
     _bus = "the bus"
 
-    def __init__(self, max_pending: int, reconnect_initial: float, reconnect_max: float) -> None:
+    def __init__(
+        self,
+        *,
+        msg_id: Callable[[Any], str],
+        payload: Payload,
+        max_pending: int,
+        ack_timeout: float,
+        reconnect_initial: float,
+        reconnect_max: float,
+        connect_timeout: float,
+        ping_interval: float,
+    ) -> None:
+        """The settings every sink shares, refused (naming the field) when they cannot work."""
+        if not callable(msg_id):
+            raise TypeError("msg_id must be a function of the message returning its unique id")
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise ValueError(f"max_pending must be a positive int, got {max_pending!r}")
+        for field, value in (
+            ("ack_timeout", ack_timeout),
+            ("reconnect_initial", reconnect_initial),
+            ("reconnect_max", reconnect_max),
+            ("connect_timeout", connect_timeout),
+            ("ping_interval", ping_interval),
+        ):
+            if not value > 0:
+                raise ValueError(f"{field} must be positive, got {value!r}")
+        if reconnect_max < reconnect_initial:
+            raise ValueError(
+                f"reconnect_max ({reconnect_max}) must be at least reconnect_initial ({reconnect_initial})"
+            )
+        self._msg_id = msg_id
+        self._payload = payload_of(payload)
+        self.wants_frame = payload == "raw"
+        """Read by ``client.on``: the handler is called with the raw frame too."""
+        self.ack_timeout = ack_timeout
+        self._connect_timeout = connect_timeout
+        self._ping_interval = ping_interval
         self._window = Window(max_pending)
         self._reconnect = (reconnect_initial, reconnect_max)
         self._wake = asyncio.Event()

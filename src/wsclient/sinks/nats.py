@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..codec import Data
 from ..redact import redact_url
-from .base import Entry, Payload, WindowSink, check_settings, payload_of
+from .base import Entry, Payload, WindowSink
 
 try:
     import nats
@@ -151,9 +151,9 @@ class NatsJetStreamSink(WindowSink["NatsClient"]):
     ) -> None:
         if not callable(subject):
             raise TypeError("subject must be a function of the message returning the subject")
-        if not callable(msg_id):
-            raise TypeError("msg_id must be a function of the message returning its unique id")
-        check_settings(
+        super().__init__(
+            msg_id=msg_id,
+            payload=payload,
             max_pending=max_pending,
             ack_timeout=ack_timeout,
             reconnect_initial=reconnect_initial,
@@ -165,15 +165,7 @@ class NatsJetStreamSink(WindowSink["NatsClient"]):
         if not self.servers:
             raise ValueError("servers must name at least one NATS URL")
         self._subject = subject
-        self._msg_id = msg_id
-        self._payload = payload_of(payload)
-        self.wants_frame = payload == "raw"
-        """Read by ``client.on``: the handler is called with the raw frame too."""
         self.stream = stream
-        self.ack_timeout = ack_timeout
-        super().__init__(max_pending, reconnect_initial, reconnect_max)
-        self._connect_timeout = connect_timeout
-        self._ping_interval = ping_interval
         self.name = name
         self._nc: NatsClient | None = None
         self._inbox = ""

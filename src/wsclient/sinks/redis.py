@@ -61,7 +61,7 @@ from urllib.parse import urlsplit
 
 from ..codec import Data
 from ..redact import redact_url
-from .base import Entry, Payload, WindowSink, check_settings, payload_of
+from .base import Entry, Payload, WindowSink
 
 try:
     from redis.asyncio import Redis
@@ -141,13 +141,13 @@ class RedisStreamSink(WindowSink[AbstractConnection]):
     ) -> None:
         if not callable(stream):
             raise TypeError("stream must be a function of the message returning the stream key")
-        if not callable(msg_id):
-            raise TypeError("msg_id must be a function of the message returning its unique id")
         if not isinstance(url, str) or urlsplit(url).scheme not in _SCHEMES:
             raise ValueError(
                 f"url must be a redis://, rediss:// or unix:// URL, got {redact_url(str(url))!r}"
             )
-        check_settings(
+        super().__init__(
+            msg_id=msg_id,
+            payload=payload,
             max_pending=max_pending,
             ack_timeout=ack_timeout,
             reconnect_initial=reconnect_initial,
@@ -160,13 +160,8 @@ class RedisStreamSink(WindowSink[AbstractConnection]):
                 continue
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ValueError(f"{field} must be a positive int, got {count!r}")
-        super().__init__(max_pending, reconnect_initial, reconnect_max)
         self.url = url
         self._stream = stream
-        self._msg_id = msg_id
-        self._payload = payload_of(payload)
-        self.wants_frame = payload == "raw"
-        """Read by ``client.on``: the handler is called with the raw frame too."""
         # The constant parts of every XADD, packed once: the command (10 or 7 arguments), then,
         # after the key, the trimming, the server-made entry id and the first field's name.
         if maxlen is None:
@@ -178,9 +173,6 @@ class RedisStreamSink(WindowSink[AbstractConnection]):
             self._middle = b"$6\r\nMAXLEN\r\n$1\r\n~\r\n$%d\r\n%s\r\n$1\r\n*\r\n$2\r\nid\r\n" % (len(n), n)
         self.maxlen = maxlen
         self.batch = batch
-        self.ack_timeout = ack_timeout
-        self._connect_timeout = connect_timeout
-        self._ping_interval = ping_interval
         if name is not None and (not name or any(c.isspace() for c in name)):
             raise ValueError(
                 f"name must be a non-empty client name without spaces (CLIENT SETNAME), got {name!r}"
