@@ -47,7 +47,6 @@ Requires the ``nats`` extra and a ``nats-server`` binary (see :mod:`wsclient.tes
 
 from __future__ import annotations
 
-import argparse
 import array
 import asyncio
 import random
@@ -70,7 +69,7 @@ from ..state import ConnectionState
 from . import soak as _soak
 from .nats import NatsServer
 from .proxy import ChaosProxy
-from .soak import ResourceFigures, compare_quarters, resource_sample
+from .soak import ResourceFigures, compare_quarters, resource_sample, soak_parser
 from .venue import VenueServer, VenueTrade
 
 __all__ = [
@@ -810,32 +809,16 @@ async def run_bus_soak(
     return await soak.run()
 
 
-def _fault_kinds(text: str) -> tuple[BusFaultKind, ...]:
-    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in BUS_FAULT_KINDS]
-    if unknown or not kinds:
-        raise argparse.ArgumentTypeError(
-            f"unknown fault kind(s) {unknown}; choose from {', '.join(BUS_FAULT_KINDS)}"
-        )
-    return tuple(k for k in BUS_FAULT_KINDS if k in kinds)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: run a bus soak, print its report, exit 1 if a check failed."""
-    parser = argparse.ArgumentParser(
-        prog="python -m wsclient.testing.bus_soak",
-        description="Chaos soak of a venue feed through wsclient into NATS JetStream.",
+    parser = soak_parser(
+        "python -m wsclient.testing.bus_soak",
+        "Chaos soak of a venue feed through wsclient into NATS JetStream.",
+        BUS_FAULT_KINDS,
+        rate=25.0,
+        rate_unit="trades/s",
     )
-    parser.add_argument("--duration", type=float, default=600.0, help="seconds to run (default 600)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the fault schedule (default 1)")
-    parser.add_argument("--rate", type=float, default=25.0, help="trades/s per stream (default 25)")
     parser.add_argument("--streams", type=int, default=4, help="trade streams (default 4)")
-    parser.add_argument(
-        "--faults",
-        type=_fault_kinds,
-        default=BUS_FAULT_KINDS,
-        help=f"comma-separated kinds of fault to inject (default: all of {','.join(BUS_FAULT_KINDS)})",
-    )
     args = parser.parse_args(argv)
     report = asyncio.run(
         run_bus_soak(args.duration, args.seed, rate=args.rate, streams=args.streams, faults=args.faults)

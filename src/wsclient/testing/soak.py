@@ -1172,29 +1172,42 @@ async def run_soak(
     return await soak.run()
 
 
-def _fault_kinds(text: str) -> tuple[FaultKind, ...]:
-    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in FAULT_KINDS]
-    if unknown or not kinds:
-        raise argparse.ArgumentTypeError(
-            f"unknown fault kind(s) {unknown}; choose from {', '.join(FAULT_KINDS)}"
-        )
-    return tuple(k for k in FAULT_KINDS if k in kinds)
+def soak_parser(
+    prog: str, description: str, kinds: Sequence[str], *, rate: float, rate_unit: str
+) -> argparse.ArgumentParser:
+    """The options every soak's command line has: ``--duration``, ``--seed``, ``--rate`` and
+    ``--faults`` (a comma-separated subset of ``kinds``, returned in ``kinds``' order)."""
+
+    def fault_kinds(text: str) -> tuple[str, ...]:
+        chosen = tuple(k.strip() for k in text.split(",") if k.strip())
+        unknown = [k for k in chosen if k not in kinds]
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(
+                f"unknown fault kind(s) {unknown}; choose from {', '.join(kinds)}"
+            )
+        return tuple(k for k in kinds if k in chosen)
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds to run (default 600)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the fault schedule (default 1)")
+    parser.add_argument("--rate", type=float, default=rate, help=f"{rate_unit} per stream (default {rate:g})")
+    parser.add_argument(
+        "--faults",
+        type=fault_kinds,
+        default=tuple(kinds),
+        help=f"comma-separated kinds of fault to inject (default: all of {','.join(kinds)})",
+    )
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: run a soak, print its report, exit 1 if a check failed."""
-    parser = argparse.ArgumentParser(
-        prog="python -m wsclient.testing.soak", description="Chaos soak of wsclient against a fake feed."
-    )
-    parser.add_argument("--duration", type=float, default=600.0, help="seconds to run (default 600)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the fault schedule (default 1)")
-    parser.add_argument("--rate", type=float, default=20.0, help="messages/s per stream (default 20)")
-    parser.add_argument(
-        "--faults",
-        type=_fault_kinds,
-        default=FAULT_KINDS,
-        help=f"comma-separated kinds of fault to inject (default: all of {','.join(FAULT_KINDS)})",
+    parser = soak_parser(
+        "python -m wsclient.testing.soak",
+        "Chaos soak of wsclient against a fake feed.",
+        FAULT_KINDS,
+        rate=20.0,
+        rate_unit="messages/s",
     )
     parser.add_argument(
         "--transport",
