@@ -69,7 +69,7 @@ from ..state import ConnectionState
 from . import soak as _soak
 from .nats import NatsServer
 from .proxy import ChaosProxy
-from .soak import ResourceFigures, compare_quarters, resource_sample, soak_parser
+from .soak import ResourceFigures, SoakChecks, soak_parser
 from .venue import VenueServer, VenueTrade
 
 __all__ = [
@@ -272,7 +272,7 @@ class _Handed:
         return room
 
 
-class _BusSoak:
+class _BusSoak(SoakChecks[BusSoakReport]):
     """One run: the components, the bookkeeping, the schedule and the checks."""
 
     def __init__(
@@ -303,11 +303,9 @@ class _BusSoak:
         self.rate = rate
         self.stream_names = [f"s{i}@trade" for i in range(streams)]
         self.calm = calm
-        self.task_tolerance = task_tolerance
-        self.fd_tolerance = fd_tolerance
-        self.memory_tolerance = memory_tolerance
+        report = BusSoakReport(duration=duration, seed=seed, max_pending=sink.max_pending)
+        super().__init__(report, duration, task_tolerance, fd_tolerance, memory_tolerance)
         self.faults: tuple[BusFaultKind, ...] = tuple(dict.fromkeys(faults))
-        self.report = BusSoakReport(duration=duration, seed=seed, max_pending=sink.max_pending)
         rc = config.reconnect
         self.recover_bound = rc.max_delay + config.open_timeout + slack
         self.report.venue_recover_bound = self.recover_bound
@@ -321,19 +319,11 @@ class _BusSoak:
         self.connected = 0
         self.disconnected = 0
         self.client_gaps = 0
-        self.changed = asyncio.Event()
-        self.samples: list[tuple[float, int, int | None, int]] = []
-        self.sample_every = max(0.5, duration / 200)
-        self.next_sample = 0.0
         self.t0 = 0.0
         self.handed: _Handed | None = None
         self.venue: VenueServer | None = None
 
-    # ------------------------------------------------------------------ failures and events
-
-    def fail(self, message: str) -> None:
-        if len(self.report.failures) < 50:  # a broken invariant tends to repeat; keep the report short
-            self.report.failures.append(message)
+    # ------------------------------------------------------------------ events
 
     def on_event(self, event: ClientEvent) -> None:
         if isinstance(event, Connected):
@@ -353,17 +343,6 @@ class _BusSoak:
         self.client_gaps += 1
         if gap.kind != "gap" or not gap.across_reconnect:
             self.fail(f"client reported a sequence {gap.kind} not across a reconnect: {gap}")
-
-    async def wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
-        """Wait, event-driven and bounded, for a condition on the client's events or state."""
-        try:
-            async with asyncio.timeout(timeout):
-                while not condition():
-                    self.changed.clear()
-                    await self.changed.wait()
-        except TimeoutError:
-            return False
-        return True
 
     # ------------------------------------------------------------------ the run
 
@@ -636,27 +615,6 @@ class _BusSoak:
                 f"(connected {stats.connected}, reconnects {stats.reconnects - before}, "
                 f"pending {stats.pending})"
             )
-
-    # ------------------------------------------------------------------ resources
-
-    def sample(self, t: float) -> None:
-        if t < self.next_sample:
-            return
-        self.next_sample = t + self.sample_every
-        self.samples.append((t, *resource_sample()))
-
-    def judge_resources(self, span: float) -> None:
-        self.report.resource_samples = len(self.samples)
-        figures = compare_quarters(
-            self.samples, span, self.task_tolerance, self.fd_tolerance, self.memory_tolerance
-        )
-        if figures is None:
-            self.fail(f"too few resource samples ({len(self.samples)}) to compare quarters")
-            return
-        self.report.resources = figures
-        for figure in figures:
-            if not figure.ok:
-                self.fail(f"{figure.name} grew: {figure.format()}")
 
     # ------------------------------------------------------------------ the stream
 

@@ -63,7 +63,7 @@ import tracemalloc
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal, get_args
+from typing import Final, Generic, Literal, Protocol, TypeVar, get_args
 
 from ..client import Client
 from ..config import ClientConfig, Heartbeat, Reconnect
@@ -402,7 +402,70 @@ def _open_fds() -> int | None:
         return None
 
 
-class _Soak:
+class _Checked(Protocol):
+    """What a soak's report holds of the checks :class:`SoakChecks` makes."""
+
+    failures: list[str]
+    resources: list[ResourceFigures]
+    resource_samples: int
+
+
+R = TypeVar("R", bound=_Checked)
+
+
+class SoakChecks(Generic[R]):
+    """What every soak run does beside its faults: failures listed (a few), event-driven waits, and
+    resources sampled through the run and compared first quarter to last."""
+
+    def __init__(
+        self, report: R, duration: float, task_tolerance: int, fd_tolerance: int, memory_tolerance: int
+    ) -> None:
+        self.report = report
+        self.task_tolerance = task_tolerance
+        self.fd_tolerance = fd_tolerance
+        self.memory_tolerance = memory_tolerance
+        self.changed = asyncio.Event()
+        """Set by each client event: what :meth:`wait_for` wakes on."""
+        self.samples: list[tuple[float, int, int | None, int]] = []
+        self.sample_every = max(0.5, duration / 200)
+        self.next_sample = 0.0
+
+    def fail(self, message: str) -> None:
+        if len(self.report.failures) < 50:  # a broken invariant tends to repeat; keep the report short
+            self.report.failures.append(message)
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Wait, event-driven and bounded, for a condition on the client's events or state."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not condition():
+                    self.changed.clear()
+                    await self.changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def sample(self, t: float) -> None:
+        if t < self.next_sample:
+            return
+        self.next_sample = t + self.sample_every
+        self.samples.append((t, *resource_sample()))
+
+    def judge_resources(self, span: float) -> None:
+        self.report.resource_samples = len(self.samples)
+        figures = compare_quarters(
+            self.samples, span, self.task_tolerance, self.fd_tolerance, self.memory_tolerance
+        )
+        if figures is None:
+            self.fail(f"too few resource samples ({len(self.samples)}) to compare quarters")
+            return
+        self.report.resources = figures
+        for figure in figures:
+            if not figure.ok:
+                self.fail(f"{figure.name} grew: {figure.format()}")
+
+
+class _Soak(SoakChecks[SoakReport]):
     """One run: the components, the bookkeeping, the schedule and the checks."""
 
     def __init__(
@@ -431,13 +494,12 @@ class _Soak:
         self.streams = tuple(streams)
         self.send_interval = send_interval
         self.calm = calm
-        self.task_tolerance = task_tolerance
-        self.fd_tolerance = fd_tolerance
-        self.memory_tolerance = memory_tolerance
+        super().__init__(
+            SoakReport(duration=duration, seed=seed), duration, task_tolerance, fd_tolerance, memory_tolerance
+        )
         self.faults: tuple[FaultKind, ...] = tuple(dict.fromkeys(faults))
         self.key = f"soak-{seed}"
         self.secret = f"soak-secret-{seed}"
-        self.report = SoakReport(duration=duration, seed=seed)
         # Timing of strikes and sends; a test feeding the checks by hand replaces it.
         self.clock: Callable[[], float] = time.monotonic
         rc = config.reconnect
@@ -481,17 +543,8 @@ class _Soak:
         self.disconnected = 0
         self.event_counts: Counter[str] = Counter()
         self.recent: deque[str] = deque(maxlen=20)
-        self.changed = asyncio.Event()
 
-        self.samples: list[tuple[float, int, int | None, int]] = []
-        self.sample_every = max(0.5, duration / 200)
-        self.next_sample = 0.0
-
-    # ------------------------------------------------------------------ failures and events
-
-    def fail(self, message: str) -> None:
-        if len(self.report.failures) < 50:  # a broken invariant tends to repeat; keep the report short
-            self.report.failures.append(message)
+    # ------------------------------------------------------------------ events
 
     def on_event(self, event: ClientEvent) -> None:
         self.event_counts[type(event).__name__] += 1
@@ -527,17 +580,6 @@ class _Soak:
                 in_flight = event.reason == "connection lost while sending"
                 self.dropped[n] = _DROPPED_IN_FLIGHT if in_flight else _DROPPED_OTHER
         self.changed.set()
-
-    async def wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
-        """Wait, event-driven and bounded, for a condition on the client's events or state."""
-        try:
-            async with asyncio.timeout(timeout):
-                while not condition():
-                    self.changed.clear()
-                    await self.changed.wait()
-        except TimeoutError:
-            return False
-        return True
 
     # ------------------------------------------------------------------ inbound
 
@@ -714,28 +756,12 @@ class _Soak:
 
     # ------------------------------------------------------------------ resources
 
-    def sample(self, t: float) -> None:
-        if t < self.next_sample:
-            return
-        self.next_sample = t + self.sample_every
-        self.samples.append((t, *resource_sample()))
-
     def judge_resources(self, span: float) -> None:
         if self.samples:
             since, until = self.samples[0][0], self.samples[-1][0]
-            self.report.resource_samples = len(self.samples)
             self.report.sampled_span = (since, until)
             self.report.faults_sampled = dict(Counter(k for t, k in self.fault_times if since <= t <= until))
-        figures = compare_quarters(
-            self.samples, span, self.task_tolerance, self.fd_tolerance, self.memory_tolerance
-        )
-        if figures is None:
-            self.fail(f"too few resource samples ({len(self.samples)}) to compare quarters")
-            return
-        self.report.resources = figures
-        for figure in figures:
-            if not figure.ok:
-                self.fail(f"{figure.name} grew: {figure.format()}")
+        super().judge_resources(span)
 
     # ------------------------------------------------------------------ faults
 
