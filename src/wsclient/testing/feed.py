@@ -35,6 +35,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Opcode
 from websockets.http11 import Request, Response
 
+from wsclient.testing.waiters import Waiters
+
 __all__ = [
     "CHANNELS",
     "DEFAULT_SYMBOLS",
@@ -398,7 +400,7 @@ class FeedServer:
         self._redirect: tuple[int, str | None] | None = None
         self._accept_then_close: tuple[int, str] | None = None
         self._close_after: _CloseAfter | None = None
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._waiters = Waiters()
 
         self._conn_class = _bind_connection_class(self)
         self._ws_server: Server | None = None
@@ -679,7 +681,7 @@ class FeedServer:
                 conn.reading_stopped = False
                 conn.transport.resume_reading()
                 resumed += 1
-        self._notify()
+        self._waiters.notify()
         return resumed
 
     def close_and_hang(self, code: int = 1001, reason: str = "", key: str | None = None) -> int:
@@ -716,7 +718,7 @@ class FeedServer:
             conn.transport.write(close_frame)
             hung += 1
         self.hung_connections += hung
-        self._notify()
+        self._waiters.notify()
         return hung
 
     def flood_pings(
@@ -829,11 +831,13 @@ class FeedServer:
 
     async def wait_for_connections(self, n: int, timeout: float = 5.0) -> None:
         """Wait until :attr:`total_connections` reaches ``n``."""
-        await self._wait(lambda: self.total_connections >= n, timeout, f"{n} connections")
+        await self._waiters.wait(lambda: self.total_connections >= n, timeout, f"{n} connections")
 
     async def wait_for_subscriptions(self, key: str, n: int, timeout: float = 5.0) -> None:
         """Wait until client ``key`` has ``n`` subscriptions on open connections."""
-        await self._wait(lambda: len(self.subscriptions(key)) >= n, timeout, f"{n} subscriptions of {key!r}")
+        await self._waiters.wait(
+            lambda: len(self.subscriptions(key)) >= n, timeout, f"{n} subscriptions of {key!r}"
+        )
 
     async def wait_for_seq(
         self,
@@ -844,7 +848,7 @@ class FeedServer:
     ) -> None:
         """Wait until the stream has generated message number ``seq``."""
         stream = self._streams[(channel, symbol)]
-        await self._wait(lambda: stream.seq >= seq, timeout, f"{channel}/{symbol} seq {seq}")
+        await self._waiters.wait(lambda: stream.seq >= seq, timeout, f"{channel}/{symbol} seq {seq}")
 
     async def wait_received(
         self,
@@ -857,10 +861,12 @@ class FeedServer:
         """
         if isinstance(predicate_or_count, int):
             count = predicate_or_count
-            await self._wait(lambda: len(self.received) >= count, timeout, f"{count} frames")
+            await self._waiters.wait(lambda: len(self.received) >= count, timeout, f"{count} frames")
             return list(self.received)
         predicate = predicate_or_count
-        await self._wait(lambda: any(predicate(k, f) for k, f in self.received), timeout, "a matching frame")
+        await self._waiters.wait(
+            lambda: any(predicate(k, f) for k, f in self.received), timeout, "a matching frame"
+        )
         return [(k, f) for k, f in self.received if predicate(k, f)]
 
     async def wait_until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -869,31 +875,7 @@ class FeedServer:
         The condition is re-checked on every server event: connections, frames,
         subscriptions, faults and generator ticks.
         """
-        await self._wait(condition, timeout, "condition")
-
-    async def _wait(self, condition: Callable[[], bool], limit: float, what: str) -> None:
-        if condition():
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (condition, future)
-        self._waiters.append(entry)
-        try:
-            async with asyncio.timeout(limit):
-                await future
-        except TimeoutError:
-            raise TimeoutError(f"timed out after {limit}s waiting for {what}") from None
-        finally:
-            self._waiters.remove(entry)
-
-    def _notify(self) -> None:
-        for condition, future in self._waiters:
-            if future.done():
-                continue
-            try:
-                if condition():
-                    future.set_result(None)
-            except Exception as exc:
-                future.set_exception(exc)
+        await self._waiters.wait(condition, timeout, "condition")
 
     # -- connections -------------------------------------------------------------------
 
@@ -913,7 +895,7 @@ class FeedServer:
                 status=101 if response is None else response.status_code,
             )
         )
-        self._notify()
+        self._waiters.notify()
         return response
 
     def _answer(self, conn: ServerConnection, request: Request, *, main: bool) -> Response | None:
@@ -955,7 +937,7 @@ class FeedServer:
         self.connections_by_client[key] += 1
         self._current[key] += 1
         self._peak[key] = max(self._peak[key], self._current[key])
-        self._notify()
+        self._waiters.notify()
         try:
             immediate_close = self._closing or self._accept_then_close
             if immediate_close is not None:
@@ -987,7 +969,7 @@ class FeedServer:
         for stream in client.subscriptions:
             self._subscribers[stream].pop(client, None)
         self._current[client.key] -= 1
-        self._notify()
+        self._waiters.notify()
 
     async def _close(self, conn: ServerConnection, code: int, reason: str) -> None:
         try:
@@ -1016,7 +998,7 @@ class FeedServer:
             if loop.time() >= deadline:
                 self.idle_cuts += 1
                 conn.transport.abort()
-                self._notify()
+                self._waiters.notify()
                 return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(deadline):
@@ -1060,7 +1042,7 @@ class FeedServer:
             self._subscribers[stream].pop(client, None)
         client.outbox.clear()
         client.spawn(self._close(client.conn, 1008, "slow consumer"))
-        self._notify()
+        self._waiters.notify()
 
     # -- protocol ----------------------------------------------------------------------
 
@@ -1073,7 +1055,7 @@ class FeedServer:
         try:
             self._dispatch(client, frame)
         finally:
-            self._notify()
+            self._waiters.notify()
 
     def _dispatch(self, client: _Client, frame: str | bytes) -> None:
         if isinstance(frame, bytes):
@@ -1155,7 +1137,7 @@ class FeedServer:
             for client in list(subscribers):
                 self._enqueue(client, text, stream.key)
         if self._waiters:
-            self._notify()
+            self._waiters.notify()
 
 
 def _error(req_id: object, message: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed, ProtocolError
 from websockets.frames import Close
 
 from wsclient.recording import Entry, Recording, load
+from wsclient.testing.waiters import Waiters
 
 __all__ = ["ReplayServer", "Speed"]
 
@@ -134,7 +135,7 @@ class ReplayServer:
         self._cursor = 0
         self._server: Server | None = None
         self._connections: set[ServerConnection] = set()
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._waiters = Waiters()
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -206,40 +207,16 @@ class ReplayServer:
 
     async def wait_for_connections(self, n: int, timeout: float = 5.0) -> None:
         """Wait until :attr:`connections` reaches ``n``."""
-        await self._wait(lambda: self.connections >= n, timeout, f"{n} connections")
+        await self._waiters.wait(lambda: self.connections >= n, timeout, f"{n} connections")
 
     async def wait_played(self, n: int | None = None, timeout: float = 10.0) -> None:
         """Wait until ``n`` connections were played to their end (default: every recorded one)."""
         target = self.sessions if n is None else n
-        await self._wait(lambda: self.played >= target, timeout, f"{target} connections played")
+        await self._waiters.wait(lambda: self.played >= target, timeout, f"{target} connections played")
 
     async def wait_until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait until ``condition()`` holds; re-checked on every connection, frame and end."""
-        await self._wait(condition, timeout, "condition")
-
-    async def _wait(self, condition: Callable[[], bool], limit: float, what: str) -> None:
-        if condition():
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (condition, future)
-        self._waiters.append(entry)
-        try:
-            async with asyncio.timeout(limit):
-                await future
-        except TimeoutError:
-            raise TimeoutError(f"timed out after {limit}s waiting for {what}") from None
-        finally:
-            self._waiters.remove(entry)
-
-    def _notify(self) -> None:
-        for condition, future in self._waiters:
-            if future.done():
-                continue
-            try:
-                if condition():
-                    future.set_result(None)
-            except Exception as exc:
-                future.set_exception(exc)
+        await self._waiters.wait(condition, timeout, "condition")
 
     # -- playing -------------------------------------------------------------------------------------
 
@@ -258,7 +235,7 @@ class ReplayServer:
         play = self._next_play()
         first_message = asyncio.Event()
         reader = asyncio.get_running_loop().create_task(self._read(ws, first_message))
-        self._notify()
+        self._waiters.notify()
         try:
             if play is None:
                 await self._finish(ws)  # the session was played: nothing more to say
@@ -266,7 +243,7 @@ class ReplayServer:
             frames, start, end = play
             if self.start_on == "message":
                 self.waiting += 1
-                self._notify()
+                self._waiters.notify()
                 try:
                     await first_message.wait()
                 finally:
@@ -278,24 +255,24 @@ class ReplayServer:
             if end is not None:
                 self.played += 1
                 self.disconnects_played += 1
-                self._notify()
+                self._waiters.notify()
                 await self._end_as_recorded(ws, end)
                 return
             self.played += 1
-            self._notify()
+            self._waiters.notify()
             await self._finish(ws)
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             self._connections.discard(ws)
-            self._notify()
+            self._waiters.notify()
 
     async def _read(self, ws: ServerConnection, first: asyncio.Event) -> None:
         try:
             async for message in ws:
                 self.received.append(message)
                 first.set()
-                self._notify()
+                self._waiters.notify()
         except ConnectionClosed:
             pass
         finally:
@@ -316,7 +293,7 @@ class ReplayServer:
                 await ws.send(entry.data)
                 self.frames_sent += 1
                 if self._waiters:
-                    self._notify()
+                    self._waiters.notify()
         except ConnectionClosed:
             return False
         return True

@@ -35,6 +35,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import Event
 
 from wsclient.routing import Message
+from wsclient.testing.waiters import Waiters
 
 __all__ = ["VenueConnectionInfo", "VenueRules", "VenueServer", "VenueTrade"]
 
@@ -457,7 +458,7 @@ class VenueServer:
         self._history: dict[int, VenueConnectionInfo] = {}
         self._next_id = 1
         self._connect_times: deque[float] = deque()
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._waiters = Waiters()
         self._conn_class = _bind_connection_class(self)
         self._ws_server: Server | None = None
         self._generator: asyncio.Task[None] | None = None
@@ -563,7 +564,7 @@ class VenueServer:
             create_connection=self._conn_class,
         )
         self._port = self._ws_server.sockets[0].getsockname()[1]
-        self._notify()
+        self._waiters.notify()
 
     async def _unlisten(self, *, graceful: bool) -> None:
         ws_server, self._ws_server = self._ws_server, None
@@ -580,7 +581,7 @@ class VenueServer:
             for conn in conns:
                 conn.transport.abort()
         await ws_server.wait_closed()
-        self._notify()
+        self._waiters.notify()
 
     async def _stop_generator(self) -> None:
         generator, self._generator = self._generator, None
@@ -601,7 +602,7 @@ class VenueServer:
         if n < 0:
             raise ValueError(f"n must not be negative, got {n!r}")
         self._produce(self._stream(stream), n)
-        self._notify()
+        self._waiters.notify()
 
     def skip(self, stream: str, n: int) -> None:
         """Advance ``stream``'s sequence by ``n`` without sending anything: a forced gap.
@@ -615,7 +616,7 @@ class VenueServer:
         if n < 0:
             raise ValueError(f"n must not be negative, got {n!r}")
         self._stream(stream).advance(n)
-        self._notify()
+        self._waiters.notify()
 
     def mute(self, stream: str, *, connection: int | None = None) -> None:
         """Silently stop sending ``stream`` to every connection, or to connection ``connection``.
@@ -744,30 +745,7 @@ class VenueServer:
             TimeoutError: After ``timeout`` seconds, naming ``what`` (by default the source of
                 ``condition``).
         """
-        if condition():
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (condition, future)
-        self._waiters.append(entry)
-        try:
-            async with asyncio.timeout(timeout):
-                await future
-        except TimeoutError:
-            raise TimeoutError(
-                f"timed out after {timeout}s waiting for {what or _describe(condition)}"
-            ) from None
-        finally:
-            self._waiters.remove(entry)
-
-    def _notify(self) -> None:
-        for condition, future in self._waiters:
-            if future.done():
-                continue
-            try:
-                if condition():
-                    future.set_result(None)
-            except Exception as exc:
-                future.set_exception(exc)
+        await self._waiters.wait(condition, timeout, what or _describe(condition))
 
     # -- handshakes and HTTP ------------------------------------------------------------
 
@@ -785,7 +763,7 @@ class VenueServer:
                 return self._depth(conn, url.query)
             return self._admit(conn)
         finally:
-            self._notify()
+            self._waiters.notify()
 
     def _admit(self, conn: ServerConnection) -> Response | None:
         self.connects_total += 1
@@ -826,7 +804,7 @@ class VenueServer:
         conn.remote = (str(remote[0]), int(remote[1])) if remote else ("", 0)
         self._live[conn.cid] = conn
         self.accepted_total += 1
-        self._notify()
+        self._waiters.notify()
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert isinstance(ws, _VenueConnection)
@@ -858,7 +836,7 @@ class VenueServer:
             self._history[conn.cid] = conn.info()
             if len(self._history) > _HISTORY_KEPT:
                 del self._history[next(iter(self._history))]
-        self._notify()
+        self._waiters.notify()
 
     async def _close(self, conn: _VenueConnection, code: int, reason: str) -> None:
         try:
@@ -880,7 +858,7 @@ class VenueServer:
             conn.transport.abort()
         else:
             await self._close(conn, 1001, "connection age limit")
-        self._notify()
+        self._waiters.notify()
 
     async def _write(self, conn: _VenueConnection) -> None:
         # Bounded by the connection: connection_lost sets the wakeup and the loop ends.
@@ -902,7 +880,7 @@ class VenueServer:
                 conn.events_sent[stream] += 1
                 conn.last_sent[stream] = seq
                 if self._waiters:
-                    self._notify()
+                    self._waiters.notify()
 
     def _enqueue(self, conn: _VenueConnection, frame: _Out) -> None:
         if conn.doomed:
@@ -913,7 +891,7 @@ class VenueServer:
             conn.outbox.clear()
             # Not through the outbox: its writer may be blocked on a client that does not read.
             conn.spawn(self._close(conn, 1008, "slow consumer"))
-            self._notify()
+            self._waiters.notify()
             return
         conn.outbox.append(frame)
         conn.wakeup.set()
@@ -954,7 +932,7 @@ class VenueServer:
                 return
             self._assemble(conn, frame)
         finally:
-            self._notify()
+            self._waiters.notify()
 
     def _within_rate(self, conn: _VenueConnection) -> bool:
         limit = self.rules.messages_per_second
@@ -1087,7 +1065,7 @@ class VenueServer:
                 if count:
                     self._produce(stream, count)
             if self._waiters:
-                self._notify()
+                self._waiters.notify()
 
 
 def _dumps(message: object) -> str:
