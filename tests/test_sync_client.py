@@ -233,7 +233,7 @@ def test_on_connect_hook_blocks_on_a_login_before_the_replay(
 
 
 def test_a_hook_registered_once_open_is_said_to_run_from_the_next_reconnect(
-    feed: Feed, caplog: pytest.LogCaptureFixture
+    feed: Feed, backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     logins = Seen()
     server = feed.server
