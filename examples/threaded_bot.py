@@ -97,6 +97,9 @@ def main() -> None:
             run(feed.server.url, restart)
             restart.set()
             helper.join(10)
+            # The client is closed once it has the server's answer; the server notes the code just
+            # after, on its own thread.
+            feed.run(feed.server.wait_until(lambda: len(feed.server.close_codes) >= 2))
             print(f"the feed saw close codes {feed.server.close_codes}")
     print(f"threads left: {sorted(t.name for t in threading.enumerate())}")
 
